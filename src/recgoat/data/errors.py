@@ -1,0 +1,5 @@
+"""Errors raised for bad input data."""
+
+
+class DataError(ValueError):
+    """Input data is malformed; the message names the file, line and field where it can."""

@@ -1,0 +1,81 @@
+"""The one narrow API every recommender implements, so one trainer and one evaluator serve all.
+
+A recommender is a plain ``nn.Module`` (no Lightning inside) built from a :class:`RecDataset`:
+
+- ``loss(batch) -> dict``: the training objective of a batch ``{"user", "pos", "neg"}`` (int64
+  tensors ``[B]``); key ``"loss"`` is optimised, every other key is logged as a loss term.
+- ``scorer() -> Scorer``: computes the final user/item representations once (no gradient) and
+  returns an object that scores any users against any slice of items for full ranking.
+- ``score_pairs(users, items)``: the score the loss uses for given (user, item) pairs, so tests
+  can check that ranking and training agree.
+"""
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import Tensor, nn
+
+
+class Scorer(abc.ABC):
+    """Scores users against items; what the evaluator, ``recommend`` and ``export`` consume."""
+
+    n_items: int
+
+    @abc.abstractmethod
+    def score(self, users: Tensor, items: slice | None = None) -> Tensor:
+        """``[len(users), n_items_in_slice]`` scores, a fresh tensor (callers modify it in place)."""
+
+    def __call__(self, users: Tensor, items: slice | None = None) -> Tensor:
+        return self.score(users, items)
+
+
+class EmbeddingScorer(Scorer):
+    """Inner-product scores ``<z_u, z_i>`` of final user and item embeddings."""
+
+    def __init__(self, user_emb: Tensor, item_emb: Tensor):
+        self.user_emb = user_emb.detach()
+        self.item_emb = item_emb.detach()
+        self.n_items = item_emb.shape[0]
+
+    def score(self, users: Tensor, items: slice | None = None) -> Tensor:
+        item_emb = self.item_emb if items is None else self.item_emb[items]
+        return self.user_emb[users] @ item_emb.T
+
+
+class Recommender(nn.Module, abc.ABC):
+    """Base class of all recommenders.
+
+    Subclasses set ``trainable = False`` when there is nothing to optimise (e.g. MostPop).
+    """
+
+    trainable: bool = True
+
+    def __init__(self, n_users: int, n_items: int):
+        super().__init__()
+        self.n_users = n_users
+        self.n_items = n_items
+
+    @abc.abstractmethod
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        ...
+
+    @abc.abstractmethod
+    def scorer(self) -> Scorer:
+        ...
+
+    @torch.no_grad()
+    def score_pairs(self, users: Tensor, items: Tensor) -> Tensor:
+        """Scores of (user, item) pairs through the full-ranking path (for tests and serving)."""
+        return self.scorer().score(users).gather(1, items.view(-1, 1)).squeeze(1)
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        """Hook for per-epoch work such as re-sampling a graph; default: nothing."""
+
+    @property
+    def device(self) -> torch.device:
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return torch.device("cpu")

@@ -1,0 +1,78 @@
+"""Callbacks: wall-clock timings and a one-line summary per epoch."""
+from __future__ import annotations
+
+import logging
+import time
+
+import pytorch_lightning as pl
+
+log = logging.getLogger("recgoat")
+
+
+class Timings(pl.Callback):
+    """Seconds spent training (without evaluation) and evaluating, per epoch."""
+
+    def __init__(self):
+        self.train_epoch_s: list[float] = []
+        self.valid_s: list[float] = []
+        self.test_s: list[float] = []
+        self._t0 = self._v0 = 0.0
+        self._val_in_epoch = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._t0 = time.perf_counter()
+        self._val_in_epoch = 0.0
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.train_epoch_s.append(time.perf_counter() - self._t0 - self._val_in_epoch)
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self._v0 = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        dt = time.perf_counter() - self._v0
+        self.valid_s.append(dt)
+        self._val_in_epoch += dt
+
+    def on_test_epoch_start(self, trainer, pl_module):
+        self._v0 = time.perf_counter()
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        self.test_s.append(time.perf_counter() - self._v0)
+
+    def summary(self) -> dict[str, float]:
+        def mean(xs):
+            return sum(xs) / len(xs) if xs else None
+        return {"train_epoch_s": mean(self.train_epoch_s), "valid_eval_s": mean(self.valid_s),
+                "test_eval_s": mean(self.test_s), "epochs": len(self.train_epoch_s),
+                "train_total_s": sum(self.train_epoch_s), "valid_total_s": sum(self.valid_s)}
+
+
+class EpochSummary(pl.Callback):
+    """Logs one line per epoch: losses, the monitored metric, and the best so far."""
+
+    def __init__(self, monitor: str = "valid/recall@20", extra: tuple[str, ...] = ("valid/ndcg@20",)):
+        self.monitor = monitor
+        self.extra = extra
+        self.best = float("-inf")
+        self.best_epoch = -1
+        self._t0 = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        parts = [f"epoch {trainer.current_epoch:4d}"]
+        parts += [f"{k.split('/', 1)[1]} {float(v):.4f}" for k, v in m.items() if k.startswith("train/")]
+        if self.monitor in m:
+            value = float(m[self.monitor])
+            if value > self.best:
+                self.best, self.best_epoch = value, trainer.current_epoch
+            parts.append(f"{self.monitor} {value:.4f}")
+            parts += [f"{k} {float(m[k]):.4f}" for k in self.extra if k in m]
+            parts.append(f"best {self.best:.4f}@{self.best_epoch}")
+        parts.append(f"{time.perf_counter() - self._t0:.1f}s")
+        log.info(" | ".join(parts))

@@ -1,0 +1,104 @@
+"""The LightningModule: owns optimisation, logging and evaluation scheduling for any recommender."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from recgoat.data import RecDataset
+from recgoat.eval import FullRankingEvaluator, MetricSums
+from recgoat.models.base import Recommender
+
+
+class RecModule(pl.LightningModule):
+    """Trains a :class:`Recommender` on BPR batches; evaluates by exact full ranking.
+
+    Validation runs on the valid split every epoch (metrics logged as ``valid/<metric>@K``);
+    test runs only when asked (``trainer.test``), normally once, on the best checkpoint.
+    Metric sums and user counts are reduced over DDP ranks before dividing, so sharded
+    evaluation equals single-process evaluation.
+
+    Args:
+        model: the recommender.
+        dataset: the data (for masks and held-out sets).
+        optimizer: a partial ``torch.optim`` constructor taking the parameters.
+        ks: metric cut-offs.
+        eval_user_batch, eval_item_chunk: evaluator memory bounds.
+    """
+
+    def __init__(self, model: Recommender, dataset: RecDataset, optimizer: Callable | None = None,
+                 ks=(10, 20), eval_user_batch: int = 2048, eval_item_chunk: int | None = None):
+        super().__init__()
+        self.model = model
+        self.dataset = dataset
+        self.optimizer_factory = optimizer
+        self.evaluator = FullRankingEvaluator(dataset.train, ks=ks, user_batch=eval_user_batch,
+                                              item_chunk=eval_item_chunk)
+        self._scorer = None
+        self._sums: MetricSums | None = None
+        self.last_metrics: dict[str, dict[str, float]] = {}
+        # one entry per validation run during fit: {"epoch": e, "recall@20": ...}; kept in checkpoints
+        self.valid_history: list[dict[str, float]] = []
+
+    # ---- training ---------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self.model.on_train_epoch_start(self.current_epoch)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        out = self.model.loss(batch)
+        n = batch["user"].numel()
+        for name, value in out.items():
+            if isinstance(value, Tensor) and value.numel() == 1:
+                self.log(f"train/{name}", value.detach().float(), on_step=False, on_epoch=True,
+                         prog_bar=name == "loss", batch_size=n)
+        return out["loss"]
+
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise ValueError("no optimizer configured")
+        return self.optimizer_factory(params=[p for p in self.model.parameters() if p.requires_grad])
+
+    # ---- evaluation -------------------------------------------------------------------------
+    def _start_eval(self) -> None:
+        self._scorer = self.model.scorer()
+        self._sums = MetricSums(self.evaluator.names, self.device)
+
+    def _eval_step(self, users: Tensor, split: str) -> None:
+        self.evaluator.evaluate_users(self._scorer, users, self.dataset.split(split), self._sums)
+
+    def _end_eval(self, split: str) -> dict[str, float]:
+        sums = self._sums
+        sums.values = self.trainer.strategy.reduce(sums.values, reduce_op="sum")
+        metrics = sums.means()
+        self._scorer, self._sums = None, None
+        self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, sync_dist=False, rank_zero_only=False)
+        self.last_metrics[split] = metrics
+        return metrics
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval()
+
+    def validation_step(self, users: Tensor, batch_idx: int) -> None:
+        self._eval_step(users, "valid")
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self._end_eval("valid")
+        if self.trainer.state.fn == "fit":
+            self.valid_history.append({"epoch": self.current_epoch, **metrics})
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["valid_history"] = list(self.valid_history)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.valid_history = list(checkpoint.get("valid_history", []))
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval()
+
+    def test_step(self, users: Tensor, batch_idx: int) -> None:
+        self._eval_step(users, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval("test")

@@ -1,0 +1,56 @@
+"""Composing configs and running recgoat in-process or as the real CLI, for tests."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
+
+from recgoat.utils.config import conf_dir
+
+TINY_DATA = [
+    "dataset.n_users=150", "dataset.n_items=100", "dataset.n_factors=4", "dataset.n_clusters=4",
+    "dataset.mean_interactions=12", "dataset.modalities.text.dim=8", "dataset.modalities.image.dim=12",
+    "dataset.user_feature_dim=6",
+]
+QUIET = ["trainer.enable_progress_bar=false", "logger=none"]
+
+
+def compose_cfg(overrides: list[str], output_dir: Path):
+    """The config `python -m recgoat.run <overrides>` would get, with its outputs under ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    from hydra.core.hydra_config import HydraConfig
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def run_in_process(overrides: list[str], output_dir: Path) -> dict:
+    from recgoat.run import train
+    cfg = compose_cfg(overrides, output_dir)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return train(cfg, output_dir=output_dir)
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real command line, from an unrelated working directory."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "recgoat.run", *args], cwd=cwd, env=full_env, text=True,
+                          capture_output=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"recgoat.run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def load_results(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "results.json").read_text())
