@@ -135,10 +135,10 @@ def test_topk_stable_orders_ties_by_index():
 
 
 def test_nan_scores_raise_a_clear_error():
-    s = torch.tensor([[float("nan"), 1.0]])
-    ev = FullRankingEvaluator(matrix_from_pairs([0], [0], 1, 2), ks=[1])
+    s = torch.tensor([[float("nan"), 1.0, 0.5]])
+    ev = FullRankingEvaluator(matrix_from_pairs([0], [2], 1, 3), ks=[1])
     with pytest.raises(FloatingPointError, match="NaN"):
-        ev.evaluate(lambda u, it: s[u][:, it].clone(), matrix_from_pairs([0], [1], 1, 2))
+        ev.evaluate(lambda u, it: s[u][:, it].clone(), matrix_from_pairs([0], [1], 1, 3))
 
 
 def test_ranking_metrics_pads_short_hit_lists():

@@ -133,13 +133,13 @@ class FullRankingEvaluator:
                 raise RuntimeError(f"score function returned shape {tuple(scores.shape)} for {len(users)} users "
                                    f"x items {cols.start}..{cols.stop - 1}")
             scores = scores.float()
-            if torch.isnan(scores).any():
-                raise FloatingPointError("the model produced NaN scores; training has diverged "
-                                         "(lower the learning rate or check the inputs)")
             for mask in masks:
                 pos, col = mask.coords(users, cols)
                 scores[pos, col] = -torch.inf
             v, i = topk_stable(scores, k)
+            if torch.isnan(v).any():  # topk ranks NaN above everything, so any NaN shows up here
+                raise FloatingPointError("the model produced NaN scores; training has diverged "
+                                         "(lower the learning rate or check the inputs)")
             i = i + start
             best_v, best_i = (v, i) if best_v is None else merge_topk(best_v, best_i, v, i, k)
         return best_v, best_i

@@ -12,21 +12,25 @@ from torch import Tensor
 def topk_stable(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top-``k`` values and column indices per row, sorted by (score desc, index asc).
 
-    ``torch.topk`` picks among equal scores arbitrarily; this fixes the order inside the top-k
-    cheaply and re-ranks the (rare) rows whose k-th score is tied with a score left out by a
-    full stable sort of those rows only.
+    ``torch.topk`` picks among equal scores arbitrarily. This takes the top ``k + 1``, fixes the
+    order inside the top-k cheaply, and re-ranks by a full stable sort only the (rare) rows whose
+    k-th score ties with the (k+1)-th, i.e. where the cut-off itself is ambiguous. Ties among
+    ``-inf`` (masked) entries are left alone: masked items never count.
     """
-    k = min(k, scores.shape[1])
-    vals, idx = scores.topk(k, dim=1)                                  # [B, k]
+    n = scores.shape[1]
+    k = min(k, n)
+    vals, idx = scores.topk(min(k + 1, n), dim=1)                     # [B, k(+1)]
+    cut_tied = (vals[:, k] == vals[:, k - 1]) & torch.isfinite(vals[:, k - 1]) if k < n else None
+    vals, idx = vals[:, :k], idx[:, :k]
     order = idx.argsort(dim=1)
     idx, vals = idx.gather(1, order), vals.gather(1, order)
     order = vals.argsort(dim=1, descending=True, stable=True)
     idx, vals = idx.gather(1, order), vals.gather(1, order)
-    n_at_least_kth = (scores >= vals[:, -1:]).sum(1)                   # [B]
-    ambiguous = (n_at_least_kth > k).nonzero().squeeze(1)
-    if ambiguous.numel():
-        v, i = scores[ambiguous].sort(dim=1, descending=True, stable=True)
-        vals[ambiguous], idx[ambiguous] = v[:, :k], i[:, :k]
+    if cut_tied is not None:
+        rows = cut_tied.nonzero().squeeze(1)
+        if rows.numel():
+            v, i = scores[rows].sort(dim=1, descending=True, stable=True)
+            vals[rows], idx[rows] = v[:, :k], i[:, :k]
     return vals, idx
 
 
