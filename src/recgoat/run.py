@@ -84,6 +84,7 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     test = module.last_metrics["test"]
 
     results = {
+        "name": cfg.get("name"),
         "model": cfg.model._target_.rsplit(".", 1)[-1],
         "dataset": dataset.stats(),
         "seed": cfg.seed,

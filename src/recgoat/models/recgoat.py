@@ -1,0 +1,200 @@
+"""RecGOAT: graph-attention encoders, dual alignment (CMCL + OAT), adaptive fusion.
+
+See ../shared/docs/method.md. Data flow of one forward pass (all users and items):
+
+    x^u --proj--> GAT(G_uu) --> z^llm_u ---------+ (added to E_u: layer-0 user embedding)
+    E_u, E_i ------------------------------------+--> LightGCN(G_ui) --> z_u, z^id_i
+    x^m --proj--> GAT(G_ii^m) --> z^m_i --OAT map (d T* + Delta^m)--> z~^m_i
+    z_i = normalize(dropout(LayerNorm(w_id z^id_i + sum_m w_m z~^m_i)))      score = <z_u, z_i>
+
+    loss = BPR + reg * EmbLoss(ego) + lambda_cl * CMCL(z~^m, z) + lambda_ot * sum_m S_eps(z~^m, z^id)
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from recgoat.data import DataError, RecDataset
+from recgoat.graphs import normalized_bipartite_adjacency
+from recgoat.graphs.cache import cached_sparse
+from recgoat.graphs.knn import KNN_BUILDER_VERSION, edge_index, knn_adjacency
+from recgoat.models.base import EmbeddingScorer, Recommender, Scorer
+from recgoat.nn import (AdaptiveFusion, AdaptiveTransportMap, DimensionTransport, GraphAttentionEncoder,
+                        LightGCNPropagation, SinkhornW1, bpr_loss, cmcl_loss, embedding_norm_penalty, to_torch_csr)
+
+log = logging.getLogger(__name__)
+
+FUSION_MODES = ("adaptive", "naive")
+
+
+def _fill_missing_rows(name: str, x: np.ndarray, policy: str) -> np.ndarray:
+    """All-zero rows mean "no feature" (MMRec's files use them). ``error`` (default) or ``mean``."""
+    missing = ~np.any(x != 0, axis=1)
+    if not missing.any():
+        return x
+    first = int(np.flatnonzero(missing)[0])
+    if policy == "error":
+        raise DataError(
+            f"{name}: {int(missing.sum())} of {len(x)} rows are all zeros (missing), first at row {first}; "
+            f"set model.missing_features=mean to fill them with the mean of the present rows")
+    if policy != "mean":
+        raise ValueError(f"missing_features must be 'error' or 'mean', got {policy!r}")
+    log.warning("%s: %d rows missing (all zeros), filled with the mean of the others", name, int(missing.sum()))
+    x = x.copy()
+    x[missing] = x[~missing].mean(axis=0)
+    return x
+
+
+def knn_edges(x: np.ndarray, k: int, cache_dir, builder: str) -> Tensor:
+    adj = cached_sparse(cache_dir, builder, KNN_BUILDER_VERSION, {"features": x},
+                        {"k": k, "symmetric": True, "self_loops": True},
+                        lambda: knn_adjacency(x, k, symmetric=True, self_loops=True))
+    return edge_index(adj)
+
+
+class RecGOAT(Recommender):
+    """RecGOAT recommender.
+
+    Args:
+        dataset: must have at least one item modality; user features for the user LM branch.
+        embedding_dim: d.
+        n_layers: LightGCN layers over the user-item graph.
+        reg_weight: weight of the ego-embedding penalty (MMRec's EmbLoss).
+        modalities: item modalities to use (default: all of the dataset's).
+        item_encoder: ``{k, n_layers, heads, dropout, negative_slope, attention}`` per modality.
+        user_encoder: ``{enabled, graph, k, n_layers, heads, dropout, negative_slope}``; ``graph=false``
+            encodes user features without the user-user graph.
+        cmcl: ``{weight, tau}``.
+        oat_map: ``{enabled, eps, cost_scale, normalize_cost, scaling}`` (dimension-level transport map).
+        oat_w1: ``{weight, blur, scaling, max_points}`` (Sinkhorn-divergence loss).
+        fusion: ``{mode: adaptive|naive, init: {name: w}, default_init, dropout}``; ``naive`` adds
+            linear projections of the raw features to the ID item embeddings (no GAT, no alignment).
+        missing_features: ``error`` or ``mean`` for all-zero feature rows.
+        cache_dir: where built kNN graphs are cached (``None``: no cache).
+    """
+
+    def __init__(self, dataset: RecDataset, embedding_dim: int = 64, n_layers: int = 3, reg_weight: float = 1e-4,
+                 modalities: list[str] | None = None, item_encoder: dict | None = None,
+                 user_encoder: dict | None = None, cmcl: dict | None = None, oat_map: dict | None = None,
+                 oat_w1: dict | None = None, fusion: dict | None = None, missing_features: str = "error",
+                 cache_dir: str | None = None):
+        super().__init__(dataset.n_users, dataset.n_items)
+        item_encoder = dict(item_encoder or {})
+        user_encoder = dict(user_encoder or {})
+        self.cmcl_cfg = {"weight": 0.032, "tau": 0.2, **(cmcl or {})}
+        oat_map = {"enabled": True, **(oat_map or {})}
+        self.w1_cfg = {"weight": 0.05, **(oat_w1 or {})}
+        fusion = {"mode": "adaptive", **(fusion or {})}
+        self.fusion_mode = fusion.pop("mode")
+        if self.fusion_mode not in FUSION_MODES:
+            raise ValueError(f"fusion.mode must be one of {FUSION_MODES}, got {self.fusion_mode!r}")
+        if not dataset.item_features:
+            raise DataError(f"RecGOAT needs item modality features, and dataset '{dataset.name}' has none; add "
+                            f"<modality>_feat.npy files (python -m recgoat.features) or use model=lightgcn")
+        names = list(dataset.item_features) if modalities is None else list(modalities)
+        unknown = [m for m in names if m not in dataset.item_features]
+        if unknown:
+            raise DataError(f"modalities {unknown} not in dataset '{dataset.name}' (has {list(dataset.item_features)})")
+        self.modalities = names
+        self.reg_weight = reg_weight
+        d = embedding_dim
+
+        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
+        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.propagate = LightGCNPropagation(n_layers)
+        self.register_buffer("adj", to_torch_csr(normalized_bipartite_adjacency(dataset.train)), persistent=False)
+
+        k_items = int(item_encoder.pop("k", 20))
+        self.encoders = nn.ModuleDict()
+        for m in names:
+            x = _fill_missing_rows(f"item feature '{m}'", dataset.item_features[m], missing_features)
+            self.register_buffer(f"x_{m}", torch.from_numpy(x), persistent=False)
+            if self.fusion_mode == "naive":
+                self.encoders[m] = nn.Linear(x.shape[1], d)
+            else:
+                self.encoders[m] = GraphAttentionEncoder(x.shape[1], d, **item_encoder)
+                if self.encoders[m].attention:
+                    self.register_buffer(f"edges_{m}", knn_edges(x, k_items, cache_dir, f"knn-item-{m}"),
+                                         persistent=False)
+
+        self.user_branch = bool(user_encoder.pop("enabled", True)) and self.fusion_mode != "naive"
+        if self.user_branch:
+            if dataset.user_features is None:
+                raise DataError(f"the user LM branch needs user features (user_pref_feat.npy) and dataset "
+                                f"'{dataset.name}' has none; build them (python -m recgoat.features) or set "
+                                f"model.user_encoder.enabled=false")
+            use_graph = bool(user_encoder.pop("graph", True))
+            k_users = int(user_encoder.pop("k", k_items))
+            xu = _fill_missing_rows("user features", dataset.user_features, missing_features)
+            self.register_buffer("x_user", torch.from_numpy(xu), persistent=False)
+            self.user_encoder = GraphAttentionEncoder(xu.shape[1], d, attention=use_graph, **user_encoder)
+            if use_graph:
+                self.register_buffer("edges_user", knn_edges(xu, k_users, cache_dir, "knn-user"), persistent=False)
+
+        self.oat_map = None
+        if oat_map.pop("enabled") and self.fusion_mode == "adaptive":
+            transport = DimensionTransport(**oat_map)
+            self.oat_map = nn.ModuleDict({m: AdaptiveTransportMap(d, transport) for m in names})
+        if self.fusion_mode == "adaptive":
+            self.fusion = AdaptiveFusion(["id", *names], d, **fusion)
+        elif self.cmcl_cfg["weight"] or self.w1_cfg["weight"]:
+            raise ValueError("fusion.mode=naive has no alignment: set model.cmcl.weight=0 and model.oat_w1.weight=0")
+        w1 = {k: v for k, v in self.w1_cfg.items() if k != "weight"}
+        self.w1 = SinkhornW1(**w1) if self.w1_cfg["weight"] else None
+
+    # ---- representations ------------------------------------------------------------------
+    def _buffer(self, name: str) -> Tensor | None:
+        return getattr(self, name, None)
+
+    def encode_modalities(self) -> dict[str, Tensor]:
+        """``z^m`` for every item, ``{m: [n_items, d]}``."""
+        return {m: self.encoders[m](self._buffer(f"x_{m}"), self._buffer(f"edges_{m}")) for m in self.modalities}
+
+    def representations(self) -> dict[str, Tensor | dict[str, Tensor]]:
+        """All final representations: ``user``, ``item`` (fused), ``item_id``, ``aligned`` per modality."""
+        users0 = self.user_emb
+        if self.user_branch:
+            users0 = users0 + self.user_encoder(self.x_user, self._buffer("edges_user"))
+        items0 = self.item_emb
+        if self.fusion_mode == "naive":
+            items0 = items0 + sum(self.encoders[m](self._buffer(f"x_{m}")) for m in self.modalities)
+        out = self.propagate(torch.cat([users0, items0]), self.adj)
+        users, item_id = out[: self.n_users], out[self.n_users:]
+        if self.fusion_mode == "naive":
+            return {"user": users, "item": item_id, "item_id": item_id, "aligned": {}}
+        z = self.encode_modalities()
+        aligned = {m: self.oat_map[m](z[m], item_id) for m in self.modalities} if self.oat_map is not None else z
+        item = self.fusion({"id": item_id, **aligned})
+        return {"user": users, "item": item, "item_id": item_id, "aligned": aligned}
+
+    # ---- the model API --------------------------------------------------------------------
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        reps = self.representations()
+        users, items = reps["user"], reps["item"]
+        u, p, n = users[batch["user"]], items[batch["pos"]], items[batch["neg"]]
+        bpr = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
+        reg = embedding_norm_penalty(self.user_emb[batch["user"]], self.item_emb[batch["pos"]],
+                                     self.item_emb[batch["neg"]])
+        out = {"bpr": bpr, "reg": reg}
+        total = bpr + self.reg_weight * reg
+        batch_items = torch.unique(batch["pos"])
+        if self.cmcl_cfg["weight"]:
+            out["cmcl"] = cmcl_loss({m: z[batch_items] for m, z in reps["aligned"].items()}, items[batch_items],
+                                    self.cmcl_cfg["tau"])
+            total = total + self.cmcl_cfg["weight"] * out["cmcl"]
+        if self.w1 is not None:
+            out["oat_w1"] = sum(self.w1(z[batch_items], reps["item_id"][batch_items]) for z in reps["aligned"].values())
+            total = total + self.w1_cfg["weight"] * out["oat_w1"]
+        if self.fusion_mode == "adaptive":
+            for name, w in zip(self.fusion.names, self.fusion.weights):
+                out[f"fusion_w_{name}"] = w.detach()
+        out["loss"] = total
+        return out
+
+    @torch.no_grad()
+    def scorer(self) -> Scorer:
+        reps = self.representations()
+        return EmbeddingScorer(reps["user"], reps["item"])

@@ -1,0 +1,37 @@
+"""Adaptive fusion of the ID and aligned modality item representations."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class AdaptiveFusion(nn.Module):
+    r"""``z_i = normalize(dropout(LayerNorm(w_id z^id_i + sum_m w_m z~^m_i)))`` with learned,
+    unconstrained scalar weights (initialised from ``init``; the authors start at id 0.15,
+    image 0.05, text 0.8).
+
+    Args:
+        names: ``["id", <modality>, ...]`` in the order the inputs are given.
+        dim: d.
+        init: initial weight per name; names not listed start at ``default_init``.
+        dropout: dropout after LayerNorm.
+    """
+
+    def __init__(self, names: list[str], dim: int, init: dict[str, float] | None = None, default_init: float = 0.5,
+                 dropout: float = 0.1):
+        super().__init__()
+        init = dict(init or {})
+        self.names = list(names)
+        self.weights = nn.Parameter(torch.tensor([float(init.get(n, default_init)) for n in self.names]))
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = dropout
+
+    def forward(self, parts: dict[str, Tensor]) -> Tensor:
+        # parts: {name: [n, d]} -> [n, d]
+        stacked = torch.stack([parts[n] for n in self.names])            # [M+1, n, d]
+        mixed = (self.weights[:, None, None] * stacked).sum(0)
+        return F.normalize(F.dropout(self.norm(mixed), self.dropout, self.training), dim=-1)
+
+    def weight_dict(self) -> dict[str, float]:
+        return {n: float(w) for n, w in zip(self.names, self.weights.detach().cpu())}

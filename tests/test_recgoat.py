@@ -1,0 +1,218 @@
+"""RecGOAT's parts against exact references, and the model end to end on tiny data."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import ot
+import pytest
+import torch
+import torch.nn.functional as F
+from torch_geometric.utils import scatter
+
+from recgoat.data import DataError, RecDataset
+from recgoat.graphs.cache import cached_sparse
+from recgoat.graphs.knn import cosine_topk, edge_index, knn_adjacency
+from recgoat.models import RecGOAT
+from recgoat.nn import (DimensionTransport, GraphAttentionEncoder, SinkhornW1, bpr_loss, cmcl_loss, dimension_cost,
+                        info_nce)
+from recgoat.training import BPRBatches
+from tests.helpers import QUIET, TINY_DATA, run_in_process
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+# ---- graphs ---------------------------------------------------------------------------------
+def test_cosine_topk_is_exact_and_chunking_invariant():
+    x = np.random.default_rng(0).normal(size=(57, 6)).astype(np.float32)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sim = xn @ xn.T
+    np.fill_diagonal(sim, -np.inf)
+    expected = np.argsort(-sim, axis=1, kind="stable")[:, :5]
+    for chunk in (1, 8, 1000):
+        got = cosine_topk(x, 5, chunk=chunk)
+        np.testing.assert_array_equal(np.sort(got, 1), np.sort(expected, 1))
+
+
+def test_knn_adjacency_is_symmetric_with_self_loops():
+    x = np.random.default_rng(1).normal(size=(30, 4)).astype(np.float32)
+    a = knn_adjacency(x, 3)
+    assert (a != a.T).nnz == 0
+    assert np.all(a.diagonal() == 1)
+    assert np.all(np.asarray(a.sum(1)).ravel() >= 4)  # k neighbours + itself
+    ei = edge_index(a)
+    assert ei.shape == (2, a.nnz)
+
+
+def test_graph_cache_is_keyed_by_feature_bytes(tmp_path):
+    calls = []
+    x = np.random.default_rng(2).normal(size=(20, 3)).astype(np.float32)
+
+    def build(features):
+        calls.append(1)
+        return knn_adjacency(features, 3)
+
+    a1 = cached_sparse(tmp_path, "knn", 1, {"f": x}, {"k": 3}, lambda: build(x))
+    a2 = cached_sparse(tmp_path, "knn", 1, {"f": x}, {"k": 3}, lambda: build(x))
+    assert len(calls) == 1 and (a1 != a2).nnz == 0                     # second call read the cache
+    y = x.copy()
+    y[0, 0] += 1.0                                                      # new features, same k and shape
+    a3 = cached_sparse(tmp_path, "knn", 1, {"f": y}, {"k": 3}, lambda: build(y))
+    assert len(calls) == 2 and (a3 != knn_adjacency(y, 3)).nnz == 0    # rebuilt, not stale
+    cached_sparse(tmp_path, "knn", 2, {"f": x}, {"k": 3}, lambda: build(x))
+    assert len(calls) == 3                                              # builder version is in the key
+    for f in (tmp_path / "graphs").glob("*.npz"):
+        f.write_bytes(b"damaged")
+    a4 = cached_sparse(tmp_path, "knn", 1, {"f": x}, {"k": 3}, lambda: build(x))
+    assert len(calls) == 4 and (a4 != a1).nnz == 0                      # damaged file rebuilt
+
+
+# ---- graph attention --------------------------------------------------------------------------
+def test_attention_weights_over_each_nodes_in_edges_sum_to_one():
+    x = np.random.default_rng(3).normal(size=(40, 5)).astype(np.float32)
+    ei = edge_index(knn_adjacency(x, 4))
+    enc = GraphAttentionEncoder(5, 16, heads=4).eval()
+    h = enc.proj(torch.from_numpy(x))
+    _, (ei_out, alpha) = enc.layers[0](h, ei, return_attention_weights=True)
+    assert alpha.shape == (ei.shape[1], 4)
+    sums = scatter(alpha, ei_out[1], dim=0, dim_size=40, reduce="sum")  # per target node and head
+    torch.testing.assert_close(sums, torch.ones(40, 4))
+    assert (alpha > 0).all()
+
+
+# ---- OAT ---------------------------------------------------------------------------------------
+def test_dimension_cost_expansion_equals_the_definition():
+    zm, zid = torch.randn(50, 6, dtype=torch.float64), torch.randn(50, 7, dtype=torch.float64)
+    brute = ((zm[:, :, None] - zid[:, None, :]) ** 2).mean(0)
+    torch.testing.assert_close(dimension_cost(zm, zid), brute)
+
+
+@pytest.mark.parametrize("eps", [0.01, 0.05, 0.2])
+def test_sinkhorn_plan_marginals_and_pot_reference(eps):
+    g = torch.Generator().manual_seed(int(eps * 100))
+    zm = torch.randn(300, 16, generator=g)
+    zid = 0.5 * torch.randn(300, 16, generator=g) + zm[:, torch.randperm(16, generator=g)]
+    transport = DimensionTransport(eps=eps)
+    plan = transport.plan(zm, zid)                                       # d T*: all marginals 1
+    torch.testing.assert_close(plan.sum(1), torch.ones(16), atol=1e-4, rtol=0)
+    torch.testing.assert_close(plan.sum(0), torch.ones(16), atol=1e-4, rtol=0)
+    cost = dimension_cost(zm.double(), zid.double())
+    cost = (cost / (cost.max() - cost.min())).numpy()
+    ref = ot.sinkhorn(np.full(16, 1 / 16), np.full(16, 1 / 16), cost, eps, method="sinkhorn_log",
+                      numItermax=200000, stopThr=1e-10) * 16
+    np.testing.assert_allclose(plan.numpy(), ref, atol=2e-3)
+    assert not plan.requires_grad
+
+
+def test_plan_is_a_permutation_when_dimensions_are_permuted_copies():
+    zm = torch.randn(500, 8)
+    perm = torch.randperm(8)
+    plan = DimensionTransport(eps=0.01).plan(zm, zm[:, perm])
+    assert torch.equal(plan.argmax(1), torch.argsort(perm))  # dimension p of zm goes where it went
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_w1_matches_exact_optimal_transport_within_the_entropic_bias(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(80, 6, generator=g)
+    y = torch.randn(80, 6, generator=g) + 0.5
+    blur = 0.01
+    value = SinkhornW1(blur=blur, scaling=0.9, max_points=None)(x, y).item()
+    xn, yn = F.normalize(x, dim=-1).double(), F.normalize(y, dim=-1).double()
+    exact = ot.emd2(np.full(80, 1 / 80), np.full(80, 1 / 80), torch.cdist(xn, yn).numpy())
+    # the debiased divergence differs from W1 by the entropic bias, O(blur log(1/blur)) ~ 0.05 here
+    assert abs(value - exact) < blur * math.log(1 / blur) + 0.02
+    assert SinkhornW1(blur=blur, max_points=None)(x, x).item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_w1_subsampling_keeps_pairs_and_is_differentiable():
+    x = torch.randn(1000, 8, requires_grad=True)
+    loss = SinkhornW1(blur=0.05, max_points=100)(x, x.detach() + 0.1)
+    loss.backward()
+    assert x.grad is not None and (x.grad.abs().sum(1) > 0).sum() <= 100  # only the sampled rows
+
+
+# ---- CMCL ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(5))
+def test_cmcl_bound_of_the_supplement_holds(seed):
+    g = torch.Generator().manual_seed(seed)
+    B, d, tau = 64, 16, 0.2
+    z = torch.randn(B, d, generator=g)
+    zm = z + (0.3 + seed * 0.5) * torch.randn(B, d, generator=g)   # from aligned to nearly unrelated
+    loss = info_nce(zm, z, tau).item()
+    gap = (F.normalize(zm, dim=-1) - F.normalize(z, dim=-1)).norm(dim=-1).mean().item()
+    assert gap <= math.sqrt(2 * tau * loss + 2 * tau * math.log(B))
+
+
+def test_cmcl_is_the_mean_over_modalities_and_minimal_when_aligned():
+    z = torch.randn(32, 8)
+    a, b = torch.randn(32, 8), torch.randn(32, 8)
+    assert cmcl_loss({"a": a, "b": b}, z, 0.2).item() == pytest.approx(
+        (info_nce(a, z, 0.2).item() + info_nce(b, z, 0.2).item()) / 2)
+    assert info_nce(z, z, 0.2) < info_nce(a, z, 0.2)
+
+
+# ---- the model -------------------------------------------------------------------------------
+def test_gradients_reach_every_branch(tiny_synthetic, tmp_path):
+    torch.manual_seed(0)
+    model = RecGOAT(tiny_synthetic, embedding_dim=16, item_encoder={"k": 5, "heads": 4},
+                    user_encoder={"k": 5, "heads": 4}, cache_dir=str(tmp_path))
+    batch = next(iter(BPRBatches(tiny_synthetic, batch_size=64, seed=0, epoch_fn=lambda: 0)))
+    out = model.loss(batch)
+    assert {"bpr", "reg", "cmcl", "oat_w1", "fusion_w_id", "fusion_w_text", "fusion_w_image"} <= set(out)
+    out["loss"].backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert no_grad == []
+    branches = {n.split(".")[0] for n, _ in model.named_parameters()}
+    assert {"user_emb", "item_emb", "encoders", "user_encoder", "oat_map", "fusion"} <= branches
+
+
+def test_ranking_scores_equal_training_scores_in_eval_mode(tiny_synthetic, tmp_path):
+    torch.manual_seed(0)
+    model = RecGOAT(tiny_synthetic, embedding_dim=16, item_encoder={"k": 5, "heads": 4},
+                    user_encoder={"k": 5, "heads": 4}, cache_dir=str(tmp_path)).eval()
+    batch = next(iter(BPRBatches(tiny_synthetic, batch_size=64, seed=0, epoch_fn=lambda: 0)))
+    with torch.no_grad():
+        out = model.loss(batch)
+        pos, neg = model.score_pairs(batch["user"], batch["pos"]), model.score_pairs(batch["user"], batch["neg"])
+    torch.testing.assert_close(out["bpr"], bpr_loss(pos, neg))
+
+
+def test_dataset_without_item_features_is_a_clear_error(tiny_synthetic):
+    d = RecDataset("bare", tiny_synthetic.train, tiny_synthetic.valid, tiny_synthetic.test)
+    with pytest.raises(DataError, match="RecGOAT needs item modality features.*'bare' has none"):
+        RecGOAT(d)
+    with pytest.raises(DataError, match="user LM branch needs user features"):
+        RecGOAT(RecDataset("nouser", d.train, d.valid, d.test, item_features=tiny_synthetic.item_features))
+
+
+def test_missing_modality_rows_error_or_documented_fallback(tiny_synthetic, tmp_path):
+    feats = {k: v.copy() for k, v in tiny_synthetic.item_features.items()}
+    feats["image"][[3, 7]] = 0.0
+    d = RecDataset("gap", tiny_synthetic.train, tiny_synthetic.valid, tiny_synthetic.test, item_features=feats,
+                   user_features=tiny_synthetic.user_features)
+    with pytest.raises(DataError, match=r"item feature 'image': 2 of 90 rows are all zeros \(missing\), first at row 3"):
+        RecGOAT(d, cache_dir=str(tmp_path), item_encoder={"k": 5})
+    model = RecGOAT(d, cache_dir=str(tmp_path), item_encoder={"k": 5}, missing_features="mean")
+    filled = model.x_image[3]
+    torch.testing.assert_close(filled, torch.from_numpy(np.delete(feats["image"], [3, 7], axis=0).mean(0)))
+
+
+@pytest.mark.parametrize("experiment", [p.stem for p in sorted((CONF / "experiment").glob("*.yaml"))
+                                        if p.stem != "authors_baby"])
+def test_every_experiment_config_composes_and_trains_two_epochs(tmp_path, experiment):
+    overrides = [f"+experiment={experiment}", *TINY_DATA, *QUIET, "trainer.max_epochs=2",
+                 f"paths.cache_dir={tmp_path / 'cache'}"]
+    if experiment != "id_only":  # LightGCN has no kNN graphs
+        overrides += ["model.item_encoder.k=5", "model.user_encoder.k=5"]
+    res = run_in_process(overrides, tmp_path)
+    assert res["name"] == experiment and len(res["valid_history"]) == 2
+    assert res["test"]["recall@20"] >= 0.0
+
+
+def test_authors_preset_composes(tmp_path):
+    from tests.helpers import compose_cfg
+    cfg = compose_cfg(["+experiment=authors_baby"], tmp_path)
+    assert cfg.model.embedding_dim == 800 and cfg.optimizer.lr == 8e-4 and cfg.datamodule.batch_size == 4096
+    assert cfg.model._target_ == "recgoat.models.RecGOAT" and cfg.model.cmcl.weight == 0.032
