@@ -12,7 +12,6 @@ import json
 import platform
 import resource
 import time
-from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
@@ -82,7 +81,8 @@ def bench_train(dataset, name: str, epochs: int = 3) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["bpr", "lightgcn"], choices=[m for m in MODELS if m != "mostpop"])
+    parser.add_argument("--models", nargs="+", default=["bpr", "lightgcn"],
+                        choices=[m for m in MODELS if m != "mostpop"])
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
 

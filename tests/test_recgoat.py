@@ -15,8 +15,15 @@ from recgoat.data import DataError, RecDataset
 from recgoat.graphs.cache import cached_sparse
 from recgoat.graphs.knn import cosine_topk, edge_index, knn_adjacency
 from recgoat.models import RecGOAT
-from recgoat.nn import (DimensionTransport, GraphAttentionEncoder, SinkhornW1, bpr_loss, cmcl_loss, dimension_cost,
-                        info_nce)
+from recgoat.nn import (
+    DimensionTransport,
+    GraphAttentionEncoder,
+    SinkhornW1,
+    bpr_loss,
+    cmcl_loss,
+    dimension_cost,
+    info_nce,
+)
 from recgoat.training import BPRBatches
 from tests.helpers import QUIET, TINY_DATA, run_in_process
 
@@ -192,7 +199,8 @@ def test_missing_modality_rows_error_or_documented_fallback(tiny_synthetic, tmp_
     feats["image"][[3, 7]] = 0.0
     d = RecDataset("gap", tiny_synthetic.train, tiny_synthetic.valid, tiny_synthetic.test, item_features=feats,
                    user_features=tiny_synthetic.user_features)
-    with pytest.raises(DataError, match=r"item feature 'image': 2 of 90 rows are all zeros \(missing\), first at row 3"):
+    missing = r"item feature 'image': 2 of 90 rows are all zeros \(missing\), first at row 3"
+    with pytest.raises(DataError, match=missing):
         RecGOAT(d, cache_dir=str(tmp_path), item_encoder={"k": 5})
     model = RecGOAT(d, cache_dir=str(tmp_path), item_encoder={"k": 5}, missing_features="mean")
     filled = model.x_image[3]

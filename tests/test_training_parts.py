@@ -36,7 +36,7 @@ def test_epochs_are_deterministic_and_shards_partition_the_pairs(tiny_synthetic)
     epoch = {"e": 0}
     loader = BPRBatches(d, batch_size=64, seed=5, epoch_fn=lambda: epoch["e"])
     first = [b["neg"].clone() for b in loader]
-    assert all(torch.equal(a, b["neg"]) for a, b in zip(first, loader))
+    assert all(torch.equal(a, b["neg"]) for a, b in zip(first, loader, strict=False))
     epoch["e"] = 1
     assert not torch.equal(first[0], next(iter(loader))["neg"])
     # two ranks: together they cover every training pair exactly once (plus padding)
@@ -46,8 +46,8 @@ def test_epochs_are_deterministic_and_shards_partition_the_pairs(tiny_synthetic)
         shard = BPRBatches(d, batch_size=64, seed=5, epoch_fn=lambda: 0, rank_fn=lambda r=rank: (r, 2))
         batches = list(shard)
         assert len(batches) == len(shard)
-        seen += [(int(u), int(i)) for b in batches for u, i in zip(b["user"], b["pos"])]
-    pairs = set(zip(*map(lambda a: a.tolist(), d.train_pairs())))
+        seen += [(int(u), int(i)) for b in batches for u, i in zip(b["user"], b["pos"], strict=False)]
+    pairs = set(zip(*(a.tolist() for a in d.train_pairs()), strict=False))
     assert set(seen) == pairs and len(seen) - len(pairs) <= 1
 
 

@@ -108,7 +108,8 @@ def _read_u_data(path: Path, min_rating: float) -> tuple[np.ndarray, np.ndarray]
             try:
                 u, i, r = int(fields[0]), int(fields[1]), float(fields[2])
             except ValueError:
-                raise DataError(f"{path}:{lineno}: non-numeric user id, item id or rating in {line.strip()!r}") from None
+                raise DataError(
+                    f"{path}:{lineno}: non-numeric user id, item id or rating in {line.strip()!r}") from None
             if r >= min_rating:
                 users.append(u)
                 items.append(i)

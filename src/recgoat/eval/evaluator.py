@@ -118,7 +118,8 @@ class FullRankingEvaluator:
             hit = self._targets[id(m)] = (m, DeviceCSR(m))
         return hit[1]
 
-    def rank(self, score_fn: ScoreFn, users: Tensor, k: int, exclude: Iterable[DeviceCSR] = ()) -> tuple[Tensor, Tensor]:
+    def rank(self, score_fn: ScoreFn, users: Tensor, k: int, exclude: Iterable[DeviceCSR] = ()
+             ) -> tuple[Tensor, Tensor]:
         """Top-``k`` (scores, items) for ``users`` with training items (and ``exclude``) masked.
 
         Masked items score -inf; when fewer than ``k`` items remain, the tail holds -inf entries.

@@ -22,8 +22,18 @@ from recgoat.graphs import normalized_bipartite_adjacency
 from recgoat.graphs.cache import cached_sparse
 from recgoat.graphs.knn import KNN_BUILDER_VERSION, edge_index, knn_adjacency
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer
-from recgoat.nn import (AdaptiveFusion, AdaptiveTransportMap, DimensionTransport, GraphAttentionEncoder,
-                        LightGCNPropagation, SinkhornW1, bpr_loss, cmcl_loss, embedding_norm_penalty, to_torch_csr)
+from recgoat.nn import (
+    AdaptiveFusion,
+    AdaptiveTransportMap,
+    DimensionTransport,
+    GraphAttentionEncoder,
+    LightGCNPropagation,
+    SinkhornW1,
+    bpr_loss,
+    cmcl_loss,
+    embedding_norm_penalty,
+    to_torch_csr,
+)
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +199,7 @@ class RecGOAT(Recommender):
             out["oat_w1"] = sum(self.w1(z[batch_items], reps["item_id"][batch_items]) for z in reps["aligned"].values())
             total = total + self.w1_cfg["weight"] * out["oat_w1"]
         if self.fusion_mode == "adaptive":
-            for name, w in zip(self.fusion.names, self.fusion.weights):
+            for name, w in zip(self.fusion.names, self.fusion.weights, strict=False):
                 out[f"fusion_w_{name}"] = w.detach()
         out["loss"] = total
         return out

@@ -34,4 +34,4 @@ class AdaptiveFusion(nn.Module):
         return F.normalize(F.dropout(self.norm(mixed), self.dropout, self.training), dim=-1)
 
     def weight_dict(self) -> dict[str, float]:
-        return {n: float(w) for n, w in zip(self.names, self.weights.detach().cpu())}
+        return {n: float(w) for n, w in zip(self.names, self.weights.detach().cpu(), strict=False)}

@@ -12,7 +12,8 @@ class GraphAttentionEncoder(nn.Module):
     .. math::
         h^{(0)}_i = W x_i + b, \qquad
         h^{(l+1)}_i = \big\Vert_{k=1}^{K} \sum_{j \in \mathcal{N}(i)} \alpha^{k}_{ij} \Theta^{k} h^{(l)}_j,
-        \qquad \alpha^{k}_{ij} = \mathrm{softmax}_j\big(\mathrm{LeakyReLU}(a^{k\top}[\Theta^k h_i \Vert \Theta^k h_j])\big)
+        \qquad \alpha^{k}_{ij} = \mathrm{softmax}_j\big(
+            \mathrm{LeakyReLU}(a^{k\top}[\Theta^k h_i \Vert \Theta^k h_j])\big)
 
     (PyG ``GATConv``; K heads of ``dim / K`` channels concatenated to ``dim``; the graph carries its
     own self-loops). ELU between layers, none after the last. With ``attention=False`` the graph

@@ -1,7 +1,6 @@
 """LightGCN propagation."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from recgoat.nn.sparse import spmm

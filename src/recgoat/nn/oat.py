@@ -94,13 +94,14 @@ class DimensionTransport(nn.Module):
         def log_plan() -> torch.Tensor:
             return log_a[:, None] + log_b[None, :] + (f[:, None] + g[None, :] - cost) / self.eps
 
-        for it in range(self.max_refine_iters):
+        self.last_iters = 0
+        while self.last_iters < self.max_refine_iters:
             # the f-update makes rows exact; stop once columns hold too
             g = -self.eps * torch.logsumexp(log_a[:, None] + (f[:, None] - cost) / self.eps, dim=0)
             f = -self.eps * torch.logsumexp(log_b[None, :] + (g[None, :] - cost) / self.eps, dim=1)
+            self.last_iters += 1
             if (log_plan().exp().sum(0) * d_id - 1).abs().max() < self.tol:
                 break
-        self.last_iters = it + 1
         return (log_plan().exp() * d_m).float()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytorch_lightning as pl
-import torch
 from torch import Tensor
 
 from recgoat.data import RecDataset
