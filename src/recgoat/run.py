@@ -46,7 +46,8 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     model = instantiate(cfg.model)(dataset=dataset)
     n_params = sum(p.numel() for p in model.parameters())
     module = RecModule(model, dataset, optimizer=instantiate(cfg.optimizer), ks=list(cfg.evaluation.ks),
-                       eval_user_batch=cfg.evaluation.user_batch, eval_item_chunk=cfg.evaluation.item_chunk)
+                       eval_user_batch=cfg.evaluation.user_batch, eval_item_chunk=cfg.evaluation.item_chunk,
+                       run_config=OmegaConf.to_container(cfg, resolve=True))
     datamodule = RecDataModule(dataset, batch_size=cfg.datamodule.batch_size,
                                eval_batch_size=cfg.evaluation.user_batch, seed=cfg.seed)
 

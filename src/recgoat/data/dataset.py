@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -87,7 +88,14 @@ class RecDataset:
         return np.asarray(self.train.sum(axis=0)).ravel()
 
     def fingerprint(self) -> str:
-        """A hash of everything a model or cache may depend on (interactions and features)."""
+        """A hash of everything a model or cache may depend on (interactions and features).
+
+        Computed once per dataset object (datasets are not modified after loading).
+        """
+        return self._fingerprint
+
+    @cached_property
+    def _fingerprint(self) -> str:
         h = hashlib.sha256()
         for split in SPLITS:
             m = self.split(split)

@@ -82,6 +82,37 @@ def users_with_items(m: sp.csr_matrix) -> np.ndarray:
     return np.flatnonzero(np.diff(m.indptr) > 0)
 
 
+def top_k(score_fn: ScoreFn, users: Tensor, k: int, n_items: int, masks: Iterable[DeviceCSR] = (),
+          item_chunk: int | None = None) -> tuple[Tensor, Tensor]:
+    """Top-``k`` (scores, items) per user over all items, items of ``masks`` excluded.
+
+    Items are scored ``item_chunk`` at a time and the per-chunk lists merged exactly; ties go to
+    the lower item index. Masked items score -inf; when fewer than ``k`` items remain, the tail
+    holds -inf entries.
+    """
+    masks = list(masks)
+    k = min(k, n_items)
+    chunk = item_chunk or n_items
+    best_v = best_i = None
+    for start in range(0, n_items, chunk):
+        cols = slice(start, min(start + chunk, n_items))
+        scores = score_fn(users, cols)  # a fresh tensor: masked in place below
+        if scores.shape != (len(users), cols.stop - cols.start):
+            raise RuntimeError(f"score function returned shape {tuple(scores.shape)} for {len(users)} users "
+                               f"x items {cols.start}..{cols.stop - 1}")
+        scores = scores.float()
+        for mask in masks:
+            pos, col = mask.coords(users, cols)
+            scores[pos, col] = -torch.inf
+        v, i = topk_stable(scores, k)
+        if torch.isnan(v).any():  # topk ranks NaN above everything, so any NaN shows up here
+            raise FloatingPointError("the model produced NaN scores; training has diverged "
+                                     "(lower the learning rate or check the inputs)")
+        i = i + start
+        best_v, best_i = (v, i) if best_v is None else merge_topk(best_v, best_i, v, i, k)
+    return best_v, best_i
+
+
 class FullRankingEvaluator:
     """Recall/NDCG/Precision/MAP/HitRate@K over all items with training items masked.
 
@@ -120,30 +151,8 @@ class FullRankingEvaluator:
 
     def rank(self, score_fn: ScoreFn, users: Tensor, k: int, exclude: Iterable[DeviceCSR] = ()
              ) -> tuple[Tensor, Tensor]:
-        """Top-``k`` (scores, items) for ``users`` with training items (and ``exclude``) masked.
-
-        Masked items score -inf; when fewer than ``k`` items remain, the tail holds -inf entries.
-        """
-        masks = [self.train, *exclude]
-        k = min(k, self.n_items)
-        best_v = best_i = None
-        for start in range(0, self.n_items, self.item_chunk):
-            cols = slice(start, min(start + self.item_chunk, self.n_items))
-            scores = score_fn(users, cols)  # a fresh tensor: masked in place below
-            if scores.shape != (len(users), cols.stop - cols.start):
-                raise RuntimeError(f"score function returned shape {tuple(scores.shape)} for {len(users)} users "
-                                   f"x items {cols.start}..{cols.stop - 1}")
-            scores = scores.float()
-            for mask in masks:
-                pos, col = mask.coords(users, cols)
-                scores[pos, col] = -torch.inf
-            v, i = topk_stable(scores, k)
-            if torch.isnan(v).any():  # topk ranks NaN above everything, so any NaN shows up here
-                raise FloatingPointError("the model produced NaN scores; training has diverged "
-                                         "(lower the learning rate or check the inputs)")
-            i = i + start
-            best_v, best_i = (v, i) if best_v is None else merge_topk(best_v, best_i, v, i, k)
-        return best_v, best_i
+        """Top-``k`` (scores, items) for ``users`` with training items (and ``exclude``) masked."""
+        return top_k(score_fn, users, k, self.n_items, masks=[self.train, *exclude], item_chunk=self.item_chunk)
 
     @torch.no_grad()
     def evaluate_users(self, score_fn: ScoreFn, users: Tensor, target: sp.csr_matrix, sums: MetricSums | None = None

@@ -25,14 +25,17 @@ class RecModule(pl.LightningModule):
         optimizer: a partial ``torch.optim`` constructor taking the parameters.
         ks: metric cut-offs.
         eval_user_batch, eval_item_chunk: evaluator memory bounds.
+        run_config: the resolved run config, stored in checkpoints.
     """
 
     def __init__(self, model: Recommender, dataset: RecDataset, optimizer: Callable | None = None,
-                 ks=(10, 20), eval_user_batch: int = 2048, eval_item_chunk: int | None = None):
+                 ks=(10, 20), eval_user_batch: int = 2048, eval_item_chunk: int | None = None,
+                 run_config: dict | None = None):
         super().__init__()
         self.model = model
         self.dataset = dataset
         self.optimizer_factory = optimizer
+        self.run_config = run_config
         self.evaluator = FullRankingEvaluator(dataset.train, ks=ks, user_batch=eval_user_batch,
                                               item_chunk=eval_item_chunk)
         self._scorer = None
@@ -89,6 +92,13 @@ class RecModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["valid_history"] = list(self.valid_history)
+        # what `recommend` and `export` need to rebuild the model and map ids, without the run dir
+        checkpoint["recgoat"] = {
+            "config": self.run_config,
+            "dataset": {**self.dataset.stats(), "fingerprint": self.dataset.fingerprint()},
+            "user_ids": self.dataset.user_ids.tolist(),
+            "item_ids": self.dataset.item_ids.tolist(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.valid_history = list(checkpoint.get("valid_history", []))

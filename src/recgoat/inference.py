@@ -1,0 +1,87 @@
+"""Loading a trained model from a checkpoint alone: config, dataset check, weights, id maps."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from recgoat.data import RecDataset
+from recgoat.models.base import Recommender
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is unreadable, not recgoat's, or does not match the data."""
+
+
+@dataclass
+class LoadedModel:
+    model: Recommender
+    dataset: RecDataset
+    config: dict
+    meta: dict
+
+    @property
+    def user_ids(self) -> np.ndarray:
+        return self.dataset.user_ids
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        return self.dataset.item_ids
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many types for damaged files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or "recgoat" not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not a recgoat checkpoint (no 'recgoat' metadata); "
+                              f"checkpoints are written by python -m recgoat.run")
+    return ckpt
+
+
+def load_model(ckpt_path: str | Path, dataset_overrides: dict | None = None,
+               device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the model of a checkpoint on the data it was trained on, in eval mode.
+
+    The dataset is re-read from the checkpoint's config (optionally with ``dataset_overrides``,
+    e.g. a moved ``path``) and must have the fingerprint recorded at training time.
+    """
+    ckpt = read_checkpoint(ckpt_path)
+    meta = ckpt["recgoat"]
+    config = meta["config"]
+    if not config:
+        raise CheckpointError(f"{ckpt_path}: the checkpoint carries no run config")
+    cfg = OmegaConf.create(config)
+    if dataset_overrides:
+        cfg.dataset = OmegaConf.merge(cfg.dataset, dataset_overrides)
+    dataset = instantiate(cfg.dataset)
+    expected = meta["dataset"]
+    if dataset.fingerprint() != expected["fingerprint"]:
+        raise CheckpointError(
+            f"{ckpt_path}: trained on dataset '{expected['name']}' ({expected['n_users']} users, "
+            f"{expected['n_items']} items, fingerprint {expected['fingerprint'][:12]}), but the data now "
+            f"loaded is '{dataset.name}' ({dataset.n_users} users, {dataset.n_items} items, fingerprint "
+            f"{dataset.fingerprint()[:12]}); the checkpoint belongs to different data")
+    for key in ("user_ids", "item_ids"):
+        now = [str(x) for x in getattr(dataset, key)]
+        if now != [str(x) for x in meta[key]]:
+            raise CheckpointError(f"{ckpt_path}: the dataset's {key} differ from those saved at training time")
+    model = instantiate(cfg.model)(dataset=dataset)
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{ckpt_path}: weights do not fit the configured model "
+                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    model.to(device).eval()
+    return LoadedModel(model=model, dataset=dataset, config=config, meta=meta)
