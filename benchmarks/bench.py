@@ -1,9 +1,13 @@
-"""recgoat benchmarks on Baby-sized data: evaluation vs its lower bound, training seconds per epoch.
+"""recgoat benchmarks on Baby-sized data.
 
-    make bench                       # or: python benchmarks/bench.py --models bpr lightgcn
+    make bench                       # or: python benchmarks/bench.py --models bpr lightgcn recgoat
 
 Uses ../shared/data/amazon-baby when present (19,445 users, 7,050 items), otherwise a synthetic
-dataset of the same size. Prints a markdown table and writes logs/bench/bench-<time>.json.
+dataset of the same size; RecGOAT gets random 384-d and 4096-d item modalities and 384-d user
+features (timings do not depend on the values). Reports: full-ranking evaluation vs its bound
+(score product + top-k), training seconds per epoch per model (RecGOAT's share in OAT and peak
+memory), and top-20 recommendation for all users (time, peak memory). Prints markdown tables and
+writes logs/bench/bench-<time>.json.
 """
 from __future__ import annotations
 
@@ -11,19 +15,49 @@ import argparse
 import json
 import platform
 import resource
+import tempfile
+import threading
 import time
 
 import numpy as np
+import psutil
 import pytorch_lightning as pl
 import torch
+from torch.profiler import ProfilerActivity, profile
 
-from recgoat.data import load_split_txt, make_synthetic
+from recgoat.data import RecDataset, load_split_txt, make_synthetic
 from recgoat.eval import FullRankingEvaluator, users_with_items
-from recgoat.models import BPRMF, LightGCN, MostPop
-from recgoat.training import RecDataModule, RecModule, Timings
+from recgoat.inference import LoadedModel
+from recgoat.models import BPRMF, LightGCN, MostPop, RecGOAT
+from recgoat.recommend import recommend
+from recgoat.training import BPRBatches, RecDataModule, RecModule, Timings
 from recgoat.utils.config import project_root
 
-MODELS = {"mostpop": MostPop, "bpr": BPRMF, "lightgcn": LightGCN}
+MODELS = {"mostpop": MostPop, "bpr": BPRMF, "lightgcn": LightGCN, "recgoat": RecGOAT}
+OAT_SCOPES = ("recgoat.oat_map", "recgoat.oat_w1")
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 5 ms), in MB."""
+
+    def __enter__(self):
+        self.proc = psutil.Process()
+        self.start = self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+        self.peak_mb = self.peak / 2**20
+        self.increase_mb = (self.peak - self.start) / 2**20
 
 
 def baby_sized():
@@ -33,6 +67,17 @@ def baby_sized():
     d = make_synthetic(n_users=19445, n_items=7050, mean_interactions=8.3, min_interactions=5, seed=0,
                        modalities={"text": {"dim": 384, "noise": 0.5}, "image": {"dim": 4096, "noise": 1.0}})
     return d, "synthetic, Baby-sized"
+
+
+def with_random_features(d: RecDataset) -> RecDataset:
+    rng = np.random.default_rng(0)
+    if d.item_features and d.user_features is not None:
+        return d
+    return RecDataset(d.name, d.train, d.valid, d.test,
+                      item_features={"text": rng.normal(size=(d.n_items, 384)).astype(np.float32),
+                                     "image": rng.normal(size=(d.n_items, 4096)).astype(np.float32)},
+                      user_features=rng.normal(size=(d.n_users, 384)).astype(np.float32),
+                      user_ids=d.user_ids, item_ids=d.item_ids)
 
 
 def peak_rss_mb() -> float:
@@ -65,25 +110,68 @@ def bench_eval(dataset, repeats: int = 3) -> dict:
             "evaluate_s": min(full), "ratio": min(full) / min(bound), "lightgcn_final_embeddings_s": propagate}
 
 
-def bench_train(dataset, name: str, epochs: int = 3) -> dict:
+def build(dataset, name: str, cache_dir: str):
+    if name == "recgoat":
+        return RecGOAT(with_random_features(dataset), cache_dir=cache_dir)
+    return MODELS[name](dataset)
+
+
+def bench_train(dataset, name: str, epochs: int, cache_dir: str) -> dict:
     pl.seed_everything(0, verbose=False)
-    model = MODELS[name](dataset)
+    t = time.perf_counter()
+    model = build(dataset, name, cache_dir)
+    build_s = time.perf_counter() - t
     module = RecModule(model, dataset, optimizer=lambda params: torch.optim.Adam(params, lr=1e-3))
     timings = Timings()
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, limit_val_batches=0,
                          num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[timings],
                          use_distributed_sampler=False)
-    trainer.fit(module, datamodule=RecDataModule(dataset, batch_size=2048))
+    with PeakRSS() as mem:
+        trainer.fit(module, datamodule=RecDataModule(dataset, batch_size=2048))
     steady = timings.train_epoch_s[1:] or timings.train_epoch_s
-    return {"model": name, "epoch_s": float(np.mean(steady)), "epochs_timed": len(steady)}
+    out = {"model": name, "epoch_s": float(np.mean(steady)), "epochs_timed": len(steady), "build_s": build_s,
+           "peak_rss_mb": mem.peak_mb}
+    if name == "recgoat":
+        out["oat_share"] = oat_share(model, dataset)
+    return out
+
+
+def oat_share(model, dataset, steps: int = 3) -> float:
+    """Share of a training step's wall time (forward + backward) spent in the OAT scopes' forward."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batches = iter(BPRBatches(dataset, 2048, seed=0, epoch_fn=lambda: 0))
+    model.train()
+    t = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            loss = model.loss(next(batches))["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    total = time.perf_counter() - t
+    in_oat = sum(e.cpu_time_total for e in prof.key_averages() if e.key in OAT_SCOPES) / 1e6
+    return in_oat / total
+
+
+def bench_recommend(dataset, k: int = 20) -> dict:
+    torch.manual_seed(0)
+    model = LightGCN(dataset).eval()
+    loaded = LoadedModel(model=model, dataset=dataset, config={}, meta={})
+    users = np.arange(dataset.n_users)
+    with PeakRSS() as mem:
+        t = time.perf_counter()
+        n = sum(1 for _ in recommend(loaded, users, k=k, batch_size=1024))
+        seconds = time.perf_counter() - t
+    return {"users": n, "k": k, "seconds": seconds, "peak_rss_increase_mb": mem.increase_mb,
+            "batch_size": 1024}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["bpr", "lightgcn"],
+    parser.add_argument("--models", nargs="+", default=["bpr", "lightgcn", "recgoat"],
                         choices=[m for m in MODELS if m != "mostpop"])
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
 
     dataset, source = baby_sized()
@@ -95,17 +183,28 @@ def main() -> None:
     print("| bound: score product + top-20 (s) | recgoat evaluator (s) | ratio (target <= 1.5) |")
     print("|---|---|---|")
     print(f"| {ev['bound_s']:.3f} | {ev['evaluate_s']:.3f} | {ev['ratio']:.2f} |")
-    rows = [bench_train(dataset, m, args.epochs) for m in args.models]
-    print("\n## Training seconds per epoch (batch 2048, d=64, Adam)")
-    print("| model | s / epoch |")
-    print("|---|---|")
+    with tempfile.TemporaryDirectory() as cache_dir:
+        rows = [bench_train(dataset, m, args.epochs, cache_dir) for m in args.models]
+    base = next((r["epoch_s"] for r in rows if r["model"] == "lightgcn"), None)
+    print("\n## Training seconds per epoch (batch 2048, d=64, Adam; steady-state epochs)")
+    print("| model | s / epoch | x LightGCN | model build s | peak RSS MB | OAT share of step |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['epoch_s']:.2f} |")
+        ratio = f"{r['epoch_s'] / base:.1f}" if base else "-"
+        share = f"{100 * r['oat_share']:.1f}%" if "oat_share" in r else "-"
+        print(f"| {r['model']} | {r['epoch_s']:.2f} | {ratio} | {r['build_s']:.1f} | {r['peak_rss_mb']:.0f} "
+              f"| {share} |")
+    rec = bench_recommend(dataset)
+    print("\n## recommend: top-20 for every user (LightGCN, batch 1024 users)")
+    print("| users | seconds | peak RSS increase MB |")
+    print("|---|---|---|")
+    print(f"| {rec['users']} | {rec['seconds']:.2f} | {rec['peak_rss_increase_mb']:.0f} |")
     print(f"\npeak RSS: {peak_rss_mb():.0f} MB")
     out = project_root() / "logs" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"data": source, "eval": ev, "train": rows, "peak_rss_mb": peak_rss_mb(),
+    path.write_text(json.dumps({"data": source, "eval": ev, "train": rows, "recommend": rec,
+                                "peak_rss_mb": peak_rss_mb(),
                                 "torch": torch.__version__, "threads": torch.get_num_threads()}, indent=2))
     print(f"written: {path}")
 

@@ -9,6 +9,7 @@ import ot
 import pytest
 import torch
 import torch.nn.functional as F
+from torch_geometric.nn import GATConv
 from torch_geometric.utils import scatter
 
 from recgoat.data import DataError, RecDataset
@@ -16,7 +17,9 @@ from recgoat.graphs.cache import cached_sparse
 from recgoat.graphs.knn import cosine_topk, edge_index, knn_adjacency
 from recgoat.models import RecGOAT
 from recgoat.nn import (
+    CSRGraph,
     DimensionTransport,
+    FusedGATConv,
     GraphAttentionEncoder,
     SinkhornW1,
     bpr_loss,
@@ -76,16 +79,39 @@ def test_graph_cache_is_keyed_by_feature_bytes(tmp_path):
 
 
 # ---- graph attention --------------------------------------------------------------------------
-def test_attention_weights_over_each_nodes_in_edges_sum_to_one():
+@pytest.mark.parametrize("csr", [True, False])
+def test_attention_weights_over_each_nodes_in_edges_sum_to_one(csr):
     x = np.random.default_rng(3).normal(size=(40, 5)).astype(np.float32)
     ei = edge_index(knn_adjacency(x, 4))
+    graph = CSRGraph(ei, 40) if csr else ei
     enc = GraphAttentionEncoder(5, 16, heads=4).eval()
     h = enc.proj(torch.from_numpy(x))
-    _, (ei_out, alpha) = enc.layers[0](h, ei, return_attention_weights=True)
+    _, (ei_out, alpha) = enc.layers[0](h, graph, return_attention_weights=True)
     assert alpha.shape == (ei.shape[1], 4)
     sums = scatter(alpha, ei_out[1], dim=0, dim_size=40, reduce="sum")  # per target node and head
     torch.testing.assert_close(sums, torch.ones(40, 4))
     assert (alpha > 0).all()
+
+
+def test_fused_gat_equals_pyg_gatconv_outputs_and_gradients():
+    x = np.random.default_rng(4).normal(size=(300, 6)).astype(np.float32)
+    ei = edge_index(knn_adjacency(x, 7))
+    torch.manual_seed(0)
+    fused = FusedGATConv(16, 4, heads=4).eval()
+    reference = GATConv(16, 4, heads=4, add_self_loops=False).eval()
+    reference.load_state_dict(fused.state_dict())                    # identical parameter names and shapes
+    h1 = torch.randn(300, 16, dtype=torch.float64, requires_grad=True)
+    h2 = h1.detach().clone().requires_grad_()
+    fused.double()
+    reference.double()
+    out1, out2 = fused(h1, CSRGraph(ei, 300)), reference(h2, ei)
+    torch.testing.assert_close(out1, out2, atol=1e-10, rtol=1e-10)
+    w = torch.randn_like(out1)
+    (out1 * w).sum().backward()
+    (out2 * w).sum().backward()
+    torch.testing.assert_close(h1.grad, h2.grad, atol=1e-10, rtol=1e-10)
+    for (name, p1), (_, p2) in zip(fused.named_parameters(), reference.named_parameters(), strict=True):
+        torch.testing.assert_close(p1.grad, p2.grad, atol=1e-10, rtol=1e-10, msg=name)
 
 
 # ---- OAT ---------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import logging
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from recgoat.data import DataError, RecDataset
 from recgoat.graphs import normalized_bipartite_adjacency
@@ -25,6 +26,7 @@ from recgoat.models.base import EmbeddingScorer, Recommender, Scorer
 from recgoat.nn import (
     AdaptiveFusion,
     AdaptiveTransportMap,
+    CSRGraph,
     DimensionTransport,
     GraphAttentionEncoder,
     LightGCNPropagation,
@@ -58,11 +60,11 @@ def _fill_missing_rows(name: str, x: np.ndarray, policy: str) -> np.ndarray:
     return x
 
 
-def knn_edges(x: np.ndarray, k: int, cache_dir, builder: str) -> Tensor:
+def knn_graph(x: np.ndarray, k: int, cache_dir, builder: str) -> CSRGraph:
     adj = cached_sparse(cache_dir, builder, KNN_BUILDER_VERSION, {"features": x},
                         {"k": k, "symmetric": True, "self_loops": True},
                         lambda: knn_adjacency(x, k, symmetric=True, self_loops=True))
-    return edge_index(adj)
+    return CSRGraph(edge_index(adj), adj.shape[0])
 
 
 class RecGOAT(Recommender):
@@ -119,6 +121,7 @@ class RecGOAT(Recommender):
 
         k_items = int(item_encoder.pop("k", 20))
         self.encoders = nn.ModuleDict()
+        self.graphs = nn.ModuleDict()  # CSRGraph buffers: derived from the features, not checkpointed
         for m in names:
             x = _fill_missing_rows(f"item feature '{m}'", dataset.item_features[m], missing_features)
             self.register_buffer(f"x_{m}", torch.from_numpy(x), persistent=False)
@@ -127,8 +130,7 @@ class RecGOAT(Recommender):
             else:
                 self.encoders[m] = GraphAttentionEncoder(x.shape[1], d, **item_encoder)
                 if self.encoders[m].attention:
-                    self.register_buffer(f"edges_{m}", knn_edges(x, k_items, cache_dir, f"knn-item-{m}"),
-                                         persistent=False)
+                    self.graphs[m] = knn_graph(x, k_items, cache_dir, f"knn-item-{m}")
 
         self.user_branch = bool(user_encoder.pop("enabled", True)) and self.fusion_mode != "naive"
         if self.user_branch:
@@ -142,7 +144,7 @@ class RecGOAT(Recommender):
             self.register_buffer("x_user", torch.from_numpy(xu), persistent=False)
             self.user_encoder = GraphAttentionEncoder(xu.shape[1], d, attention=use_graph, **user_encoder)
             if use_graph:
-                self.register_buffer("edges_user", knn_edges(xu, k_users, cache_dir, "knn-user"), persistent=False)
+                self.graphs["user"] = knn_graph(xu, k_users, cache_dir, "knn-user")
 
         self.oat_map = None
         if oat_map.pop("enabled") and self.fusion_mode == "adaptive":
@@ -156,27 +158,33 @@ class RecGOAT(Recommender):
         self.w1 = SinkhornW1(**w1) if self.w1_cfg["weight"] else None
 
     # ---- representations ------------------------------------------------------------------
-    def _buffer(self, name: str) -> Tensor | None:
-        return getattr(self, name, None)
+    def _graph(self, name: str) -> CSRGraph | None:
+        return self.graphs[name] if name in self.graphs else None
 
     def encode_modalities(self) -> dict[str, Tensor]:
         """``z^m`` for every item, ``{m: [n_items, d]}``."""
-        return {m: self.encoders[m](self._buffer(f"x_{m}"), self._buffer(f"edges_{m}")) for m in self.modalities}
+        return {m: self.encoders[m](getattr(self, f"x_{m}"), self._graph(m)) for m in self.modalities}
 
     def representations(self) -> dict[str, Tensor | dict[str, Tensor]]:
         """All final representations: ``user``, ``item`` (fused), ``item_id``, ``aligned`` per modality."""
         users0 = self.user_emb
         if self.user_branch:
-            users0 = users0 + self.user_encoder(self.x_user, self._buffer("edges_user"))
+            with record_function("recgoat.user_branch"):
+                users0 = users0 + self.user_encoder(self.x_user, self._graph("user"))
         items0 = self.item_emb
         if self.fusion_mode == "naive":
-            items0 = items0 + sum(self.encoders[m](self._buffer(f"x_{m}")) for m in self.modalities)
-        out = self.propagate(torch.cat([users0, items0]), self.adj)
+            items0 = items0 + sum(self.encoders[m](getattr(self, f"x_{m}")) for m in self.modalities)
+        with record_function("recgoat.lightgcn"):
+            out = self.propagate(torch.cat([users0, items0]), self.adj)
         users, item_id = out[: self.n_users], out[self.n_users:]
         if self.fusion_mode == "naive":
             return {"user": users, "item": item_id, "item_id": item_id, "aligned": {}}
-        z = self.encode_modalities()
-        aligned = {m: self.oat_map[m](z[m], item_id) for m in self.modalities} if self.oat_map is not None else z
+        with record_function("recgoat.item_branches"):
+            z = self.encode_modalities()
+        aligned = z
+        if self.oat_map is not None:
+            with record_function("recgoat.oat_map"):
+                aligned = {m: self.oat_map[m](z[m], item_id) for m in self.modalities}
         item = self.fusion({"id": item_id, **aligned})
         return {"user": users, "item": item, "item_id": item_id, "aligned": aligned}
 
@@ -196,7 +204,9 @@ class RecGOAT(Recommender):
                                     self.cmcl_cfg["tau"])
             total = total + self.cmcl_cfg["weight"] * out["cmcl"]
         if self.w1 is not None:
-            out["oat_w1"] = sum(self.w1(z[batch_items], reps["item_id"][batch_items]) for z in reps["aligned"].values())
+            with record_function("recgoat.oat_w1"):
+                out["oat_w1"] = sum(self.w1(z[batch_items], reps["item_id"][batch_items])
+                                    for z in reps["aligned"].values())
             total = total + self.w1_cfg["weight"] * out["oat_w1"]
         if self.fusion_mode == "adaptive":
             for name, w in zip(self.fusion.names, self.fusion.weights, strict=False):

@@ -1,5 +1,6 @@
 """Reusable layers and losses."""
 from recgoat.nn.cmcl import cmcl_loss, info_nce
+from recgoat.nn.fused_gat import CSRGraph, FusedGATConv
 from recgoat.nn.fusion import AdaptiveFusion
 from recgoat.nn.gat import GraphAttentionEncoder
 from recgoat.nn.lightgcn import LightGCNPropagation
@@ -7,6 +8,7 @@ from recgoat.nn.losses import bpr_loss, embedding_norm_penalty
 from recgoat.nn.oat import AdaptiveTransportMap, DimensionTransport, SinkhornW1, dimension_cost
 from recgoat.nn.sparse import spmm, to_torch_csr
 
-__all__ = ["AdaptiveFusion", "AdaptiveTransportMap", "DimensionTransport", "GraphAttentionEncoder",
+__all__ = ["AdaptiveFusion", "AdaptiveTransportMap", "CSRGraph", "DimensionTransport", "FusedGATConv",
+           "GraphAttentionEncoder",
            "LightGCNPropagation", "SinkhornW1", "bpr_loss", "cmcl_loss", "dimension_cost", "embedding_norm_penalty",
            "info_nce", "spmm", "to_torch_csr"]

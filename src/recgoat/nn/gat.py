@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import GATConv
+
+from recgoat.nn.fused_gat import CSRGraph, FusedGATConv
 
 
 class GraphAttentionEncoder(nn.Module):
@@ -16,7 +17,9 @@ class GraphAttentionEncoder(nn.Module):
             \mathrm{LeakyReLU}(a^{k\top}[\Theta^k h_i \Vert \Theta^k h_j])\big)
 
     (PyG ``GATConv``; K heads of ``dim / K`` channels concatenated to ``dim``; the graph carries its
-    own self-loops). ELU between layers, none after the last. With ``attention=False`` the graph
+    own self-loops). Given a :class:`CSRGraph` the layers run the faster CSR computation of
+    :class:`FusedGATConv` (same parameters and results); given an ``edge_index``, PyG's own.
+    ELU between layers, none after the last. With ``attention=False`` the graph
     is ignored and a two-layer MLP encodes each node alone (the "w/o graph attention" ablation).
 
     Args:
@@ -39,18 +42,17 @@ class GraphAttentionEncoder(nn.Module):
         self.proj = nn.Linear(in_dim, dim)
         if attention:
             self.layers = nn.ModuleList([
-                GATConv(dim, dim // heads, heads=heads, concat=True, negative_slope=negative_slope, dropout=dropout,
-                        add_self_loops=False)
+                FusedGATConv(dim, dim // heads, heads=heads, negative_slope=negative_slope, dropout=dropout)
                 for _ in range(n_layers)])
         else:
             self.layers = nn.ModuleList([nn.Linear(dim, dim) for _ in range(n_layers)])
 
-    def forward(self, x: Tensor, edge_index: Tensor | None = None) -> Tensor:
-        # x: [n, in_dim], edge_index: [2, E] (source, target) -> [n, dim]
+    def forward(self, x: Tensor, graph: CSRGraph | Tensor | None = None) -> Tensor:
+        # x: [n, in_dim], graph: CSRGraph or edge_index [2, E] (source, target) -> [n, dim]
         h = self.proj(x)
         for i, layer in enumerate(self.layers):
             if self.attention:
-                h = layer(h, edge_index)
+                h = layer(h, graph)
             else:
                 h = layer(F.elu(h))
             if i < len(self.layers) - 1:
