@@ -1,0 +1,1 @@
+"""The LM feature pipeline: item text and image embeddings, LLM-inferred user preferences."""

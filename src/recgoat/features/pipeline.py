@@ -1,0 +1,147 @@
+"""The feature pipeline: item text, item image and user preference features for one dataset."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from recgoat.data import RecDataset
+from recgoat.features import profiles as prof
+from recgoat.features.llm import generate
+from recgoat.features.provenance import digest, is_up_to_date, write_features
+from recgoat.features.sources import item_text
+
+log = logging.getLogger("recgoat")
+
+
+def _ids_digest(ids) -> str:
+    return digest(str(i) for i in ids)
+
+
+def _file_digest(path: Path | None) -> str:
+    return digest([path.read_bytes()]) if path is not None and path.exists() else "missing"
+
+
+def build_features(dataset: RecDataset, metadata: dict, out_dir: str | Path, text_fields: list[str],
+                   text_encoder=None, image_encoder=None, profile: str = "template", max_history: int = 50,
+                   llm_client=None, llm_concurrency: int = 4, force: bool = False) -> dict:
+    """Write ``text_feat.npy``, ``image_feat.npy`` and ``user_pref_feat.npy`` (+ sidecars) to ``out_dir``.
+
+    ``metadata`` maps raw item ids to their fields (see :mod:`recgoat.features.sources`); rows
+    follow ``dataset.item_ids`` / ``dataset.user_ids``. Each file is skipped when its sidecar says
+    it was built from the same inputs by the same encoder. Returns a summary with timings.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"out_dir": str(out)}
+    metas = [metadata.get(_key(i, metadata)) for i in dataset.item_ids]
+    no_meta = [str(i) for i, m in zip(dataset.item_ids, metas, strict=True) if m is None]
+    if no_meta:
+        log.warning("%d item(s) have no metadata (first: %s); their text is empty", len(no_meta), no_meta[:5])
+    texts, missing_fields = [], dict.fromkeys(text_fields, 0)
+    for m in metas:
+        t, miss = item_text(m, text_fields)
+        texts.append(t)
+        for f in miss:
+            missing_fields[f] += 1
+    row_order = {"rows": "dataset item index (item_ids order)", "item_ids_sha256": _ids_digest(dataset.item_ids),
+                 "n_rows": dataset.n_items}
+
+    if text_encoder is not None:
+        enc = text_encoder.describe()
+        h = digest([*texts, *text_fields])
+        path = out / "text_feat.npy"
+        if force or not is_up_to_date(path, enc, h):
+            t0 = time.perf_counter()
+            x = text_encoder.encode(texts, desc="item text")
+            dt = time.perf_counter() - t0
+            write_features(path, x, enc, h, input_fields=text_fields, row_order=row_order,
+                           missing_fields=missing_fields, items_without_metadata=no_meta, seconds=dt)
+            summary["text"] = {"rows": len(texts), "seconds": dt, "items_per_s": len(texts) / dt}
+        else:
+            summary["text"] = "up to date"
+
+    if image_encoder is not None:
+        enc = image_encoder.describe()
+        paths = [m.get("image") if m else None for m in metas]
+        h = digest(_file_digest(p) for p in paths)
+        path = out / "image_feat.npy"
+        if force or not is_up_to_date(path, enc, h):
+            t0 = time.perf_counter()
+            x, failed = image_encoder.encode(paths, desc="item images")
+            dt = time.perf_counter() - t0
+            write_features(path, x, enc, h, input_fields=["image"], row_order=row_order,
+                           missing_images={str(dataset.item_ids[r]): why for r, why in failed.items()},
+                           fill_rule=image_encoder.missing, seconds=dt)
+            summary["image"] = {"rows": len(paths), "missing": len(failed), "seconds": dt,
+                                "items_per_s": len(paths) / dt}
+        else:
+            summary["image"] = "up to date"
+
+    if profile != "none" and text_encoder is not None:
+        summary["profiles"] = _user_profiles(dataset, metas, texts, out, text_encoder, profile, max_history,
+                                             llm_client, llm_concurrency, force)
+    return summary
+
+
+def _key(raw_id, metadata: dict):
+    """Metadata keys may be ints where dataset ids are numpy ints or strings."""
+    if raw_id in metadata:
+        return raw_id
+    as_str = str(raw_id)
+    if as_str in metadata:
+        return as_str
+    try:
+        return int(raw_id)
+    except (TypeError, ValueError):
+        return raw_id
+
+
+def _user_profiles(dataset, metas, texts, out, text_encoder, mode, max_history, client, concurrency, force) -> dict:
+    histories = prof.training_histories(dataset, max_history)
+    titles = [(m or {}).get("title") or "" for m in metas]
+    categories = [(m or {}).get("genres") or (m or {}).get("category") for m in metas]
+    templates = [prof.template_profile(h, titles, categories) for h in histories]
+    stats: dict = {"mode": mode, "users": dataset.n_users}
+    if mode == "template":
+        profile_texts = templates
+        source = {"profile": "template", "max_history": max_history}
+    elif mode == "llm":
+        if client is None:
+            raise ValueError("profile=llm needs an endpoint: set features.llm.base_url and features.llm.model")
+        requests = {str(u): prof.chat_messages(h, dataset.item_ids, texts)
+                    for u, h in zip(dataset.user_ids, histories, strict=True)}
+        responses, errors = generate(client, requests, out / "user_pref_llm.jsonl", concurrency=concurrency)
+        profile_texts, no_answer = [], []
+        for u, template in zip(dataset.user_ids, templates, strict=True):
+            answer = prof.parse_answer(responses.get(str(u), ""))
+            if answer is None:
+                if str(u) in responses:
+                    no_answer.append(str(u))
+                answer = template  # documented fallback: the user branch never gets an empty input
+            profile_texts.append(answer)
+        stats.update({"requested_errors": len(errors), "without_answer": len(no_answer),
+                      "fallback_to_template": len(errors) + len(no_answer)})
+        if errors:
+            log.warning("%d LLM request(s) failed (first: %s); template profiles used for them; rerun to retry",
+                        len(errors), next(iter(errors.values())))
+        source = {"profile": "llm", "model": client.model, "endpoint": client.url, "max_history": max_history,
+                  "prompt_sha256": digest([prof.SYSTEM_PROMPT, prof.USER_PROMPT]), "errors": errors,
+                  "without_answer": no_answer}
+    else:
+        raise ValueError(f"profile must be 'template', 'llm' or 'none', got {mode!r}")
+    enc = text_encoder.describe()
+    h = digest([*profile_texts, mode])
+    path = out / "user_pref_feat.npy"
+    if force or not is_up_to_date(path, enc, h):
+        t0 = time.perf_counter()
+        x = text_encoder.encode(profile_texts, desc="user profiles")
+        stats["seconds"] = time.perf_counter() - t0
+        write_features(path, x, enc, h, row_order={"rows": "dataset user index (user_ids order)",
+                                                   "user_ids_sha256": _ids_digest(dataset.user_ids)},
+                       history="training interactions only", **source)
+    else:
+        stats["status"] = "up to date"
+    (out / "user_profiles.txt").write_text("".join(t.replace("\n", " ") + "\n" for t in profile_texts))
+    return stats
+

@@ -1,0 +1,73 @@
+"""Feature files with JSON sidecars: what produced them, from which inputs, in which row order.
+
+``<name>_feat.npy`` sits beside ``<name>_feat.json``. Re-running with unchanged inputs is a no-op
+(the sidecar's input hash and encoder match); anything else re-encodes. Both files are written
+to temporary names and renamed, so an interrupted run never leaves a half-written pair.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def digest(parts) -> str:
+    """sha256 over an iterable of str/bytes, each length-prefixed so boundaries count."""
+    h = hashlib.sha256()
+    for p in parts:
+        b = p if isinstance(p, bytes) else str(p).encode()
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def sidecar_path(npy: Path) -> Path:
+    return Path(npy).with_suffix(".json")
+
+
+def read_sidecar(npy: Path) -> dict | None:
+    path = sidecar_path(npy)
+    if not path.exists() or not Path(npy).exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_up_to_date(npy: Path, encoder: dict, inputs_sha256: str) -> bool:
+    side = read_sidecar(npy)
+    return bool(side) and side.get("inputs_sha256") == inputs_sha256 and side.get("encoder") == encoder
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_features(npy: Path, x: np.ndarray, encoder: dict, inputs_sha256: str, **provenance) -> dict:
+    """Write ``x`` (float32) and its sidecar; returns the sidecar."""
+    npy = Path(npy)
+    side = {"file": npy.name, "shape": list(x.shape), "dtype": "float32", "encoder": encoder,
+            "inputs_sha256": inputs_sha256, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            **provenance}
+
+    def save_npy(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(x, dtype=np.float32))
+
+    _atomic_write(npy, save_npy)
+    _atomic_write(sidecar_path(npy), lambda tmp: Path(tmp).write_text(json.dumps(side, indent=2, default=str) + "\n"))
+    return side

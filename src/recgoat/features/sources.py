@@ -1,0 +1,73 @@
+"""Item metadata sources: raw item id -> text fields and image path, per dataset format."""
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+from recgoat.data import DataError
+
+log = logging.getLogger(__name__)
+
+ML100K_GENRES = ["genre_unknown", "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary",
+                 "Drama", "Fantasy", "FilmNoir", "Horror", "Musical", "Mystery", "Romance", "SciFi", "Thriller",
+                 "War", "Western"]
+
+
+def ml100k_items(path: str | Path) -> dict:
+    """``{movie_id: {"title", "genres", "year", "overview", "image"}}`` from ml100k-multimodal.
+
+    Reads ``items_tmdb.csv`` (first row per ``movie_id``) and ``posters/<movie_id>.jpg``.
+    """
+    folder = Path(path)
+    table = folder / "items_tmdb.csv"
+    if not table.exists():
+        raise DataError(f"{table}: not found (expected the ml100k-multimodal folder)")
+    items: dict[int, dict] = {}
+    with open(table, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ("movie_id", "title", "overview", "year") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{table}:1: missing column(s) {missing}")
+        for lineno, row in enumerate(reader, start=2):
+            try:
+                movie = int(row["movie_id"])
+            except ValueError:
+                raise DataError(f"{table}:{lineno}: field 'movie_id' = {row['movie_id']!r} is not an integer") from None
+            if movie in items:
+                continue
+            genres = [g.replace("genre_", "") for g in ML100K_GENRES if row.get(g) == "1"]
+            year = row["year"].split(".")[0] if row["year"] else ""
+            poster = folder / "posters" / f"{movie}.jpg"
+            items[movie] = {"title": row["title"].strip() or None, "genres": ", ".join(genres) or None,
+                            "year": year or None, "overview": row["overview"].strip() or None,
+                            "category": genres[0] if genres else None,
+                            "image": poster if poster.exists() else None}
+    return items
+
+
+def scientific_items(path: str | Path) -> dict:
+    """``{asin: {"title": text}}`` from the UniSRec ``Scientific.text`` file (text only)."""
+    table = Path(path) / "Scientific.text"
+    items: dict[str, dict] = {}
+    with open(table, encoding="utf-8") as f:
+        next(f, None)
+        for lineno, line in enumerate(f, start=2):
+            parts = line.rstrip("\n").split("\t", 1)
+            if len(parts) != 2:
+                log.warning("%s:%d: malformed line skipped (expected 'item_id<TAB>text')", table, lineno)
+                continue
+            items[parts[0]] = {"title": parts[1].strip() or None, "image": None}
+    return items
+
+
+def item_text(meta: dict | None, fields: list[str]) -> tuple[str, list[str]]:
+    """``"Field: value. ..."`` over ``fields``; returns (text, fields that were missing)."""
+    parts, missing = [], []
+    for name in fields:
+        value = meta.get(name) if meta else None
+        if value:
+            parts.append(f"{name.capitalize()}: {value}.")
+        else:
+            missing.append(name)
+    return " ".join(parts), missing

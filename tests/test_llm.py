@@ -1,0 +1,107 @@
+"""The LLM client and profile generation against a real HTTP server on 127.0.0.1."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from recgoat.features.llm import ChatClient, LLMError, generate, read_cache
+from recgoat.features.profiles import parse_answer
+from tests.llm_server import FakeLLM, answer_body
+
+
+def requests_for(n: int) -> dict[str, list[dict]]:
+    return {f"u{i}": [{"role": "user", "content": f"history ... KEY=u{i}"}] for i in range(n)}
+
+
+def test_concurrency_bound_is_respected(tmp_path):
+    with FakeLLM(delay=0.15) as server:
+        client = ChatClient(server.base_url, "m", api_key_env=None)
+        responses, errors = generate(client, requests_for(12), tmp_path / "c.jsonl", concurrency=3, progress=False)
+    assert not errors and len(responses) == 12
+    assert server.peak_in_flight <= 3
+    assert server.peak_in_flight >= 2  # requests really overlap
+
+
+def test_retries_on_429_and_500_then_succeeds(tmp_path):
+    def flaky(key, attempt):
+        return {1: (429, {"error": "slow down"}), 2: (500, {"error": "boom"})}.get(attempt, (200, answer_body("ok")))
+
+    with FakeLLM(flaky) as server:
+        client = ChatClient(server.base_url, "m", api_key_env=None, backoff=0.01)
+        responses, errors = generate(client, requests_for(4), tmp_path / "c.jsonl", concurrency=2, progress=False)
+    assert not errors and all(parse_answer(r) == "ok" for r in responses.values())
+    assert set(server.attempts.values()) == {3}
+
+
+def test_non_retryable_status_and_exhausted_retries_are_reported_and_the_run_goes_on(tmp_path):
+    def mixed(key, attempt):
+        if key == "u0":
+            return 400, {"error": "bad request"}
+        if key == "u1":
+            return 503, {"error": "down"}
+        return 200, answer_body("fine")
+
+    with FakeLLM(mixed) as server:
+        client = ChatClient(server.base_url, "m", api_key_env=None, max_retries=2, backoff=0.01)
+        responses, errors = generate(client, requests_for(5), tmp_path / "c.jsonl", concurrency=2, progress=False)
+    assert set(errors) == {"u0", "u1"} and "HTTP 400" in errors["u0"] and "gave up after 3 attempts" in errors["u1"]
+    assert server.attempts["u0"] == 1 and server.attempts["u1"] == 3
+    assert set(responses) == {"u2", "u3", "u4"}
+    assert set(read_cache(tmp_path / "c.jsonl")) == {"u2", "u3", "u4"}  # failures are not cached: a rerun retries
+
+
+def test_malformed_response_and_unreachable_endpoint(tmp_path):
+    with FakeLLM(lambda k, a: (200, b"not json at all")) as server:
+        with pytest.raises(LLMError, match="malformed response"):
+            ChatClient(server.base_url, "m", api_key_env=None).complete([{"role": "user", "content": "KEY=x"}])
+        port = server.httpd.server_address[1]
+    client = ChatClient(f"http://127.0.0.1:{port}/v1", "m", api_key_env=None, max_retries=1, backoff=0.01, timeout=2)
+    with pytest.raises(LLMError, match="gave up after 2 attempts"):
+        client.complete([{"role": "user", "content": "KEY=x"}])
+    assert parse_answer("<think>x</think> nothing else") is None
+    assert parse_answer("<think>x</think><answer> likes A </answer>") == "likes A"
+
+
+def test_api_key_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECGOAT_TEST_KEY", "sk-test")
+    with FakeLLM() as server:
+        ChatClient(server.base_url, "m", api_key_env="RECGOAT_TEST_KEY").complete([{"role": "user", "content": "KEY=a"}])
+    assert server.requests[0]["auth"] == "Bearer sk-test"
+
+
+RUNNER = """
+import sys
+from recgoat.features.llm import ChatClient, generate
+reqs = {f"u{i}": [{"role": "user", "content": f"KEY=u{i}"}] for i in range(int(sys.argv[3]))}
+generate(ChatClient(sys.argv[1], "m", api_key_env=None), reqs, sys.argv[2], concurrency=1, progress=False)
+"""
+
+
+def test_resume_after_a_killed_run_resends_nothing_cached(tmp_path):
+    cache = tmp_path / "cache.jsonl"
+    with FakeLLM(delay=0.2) as server:
+        proc = subprocess.Popen([sys.executable, "-c", RUNNER, server.base_url, str(cache), "20"],
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.time() + 60
+        while time.time() < deadline and len(read_cache(cache)) < 4:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done_before = set(read_cache(cache))
+        assert 4 <= len(done_before) < 20
+        n_before = len(server.requests)
+        reqs = {f"u{i}": [{"role": "user", "content": f"KEY=u{i}"}] for i in range(20)}
+        responses, errors = generate(ChatClient(server.base_url, "m", api_key_env=None), reqs, cache,
+                                     concurrency=4, progress=False)
+        resent = {r["key"] for r in server.requests[n_before:]}
+    assert not errors and len(responses) == 20
+    assert not resent & done_before
+    assert set(read_cache(cache)) == set(reqs)
+    lines = cache.read_text().splitlines()
+    assert len({json.loads(x)["key"] for x in lines if x.strip().endswith("}")}) == 20
