@@ -1,0 +1,98 @@
+"""Aggregate the results.json files of runs into a table: mean ± std per config across seeds.
+
+    python -m recgoat.report logs/train/multiruns/<time>            # markdown to stdout, CSV beside
+    python -m recgoat.report <dir> --split test --metrics recall@20 ndcg@20 --out table.md
+
+Runs are grouped by their ``name`` (experiment) or, without one, by model and dataset. Best
+values per metric (highest mean) are marked in bold. Selection inside each run was on valid.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+from pathlib import Path
+
+DEFAULT_METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
+
+
+def load_runs(root: str | Path) -> list[dict]:
+    runs = []
+    for path in sorted(Path(root).rglob("results.json")):
+        try:
+            res = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: unreadable results file ({e})") from e
+        res["_path"] = str(path)
+        runs.append(res)
+    if not runs:
+        raise FileNotFoundError(f"{root}: no results.json found below it")
+    return runs
+
+
+def group_key(run: dict) -> str:
+    return run.get("name") or f"{run['model']} / {run['dataset']['name']}"
+
+
+def aggregate(runs: list[dict], split: str = "test", metrics=DEFAULT_METRICS) -> list[dict]:
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(group_key(r), []).append(r)
+    rows = []
+    for key, members in groups.items():
+        row = {"config": key, "model": members[0]["model"], "dataset": members[0]["dataset"]["name"],
+               "seeds": sorted(m["seed"] for m in members), "n": len(members)}
+        for metric in metrics:
+            values = [m[split][metric] for m in members]
+            row[metric] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+        row["best_epoch"] = statistics.fmean(m["best_epoch"] or 0 for m in members)
+        row["epoch_s"] = statistics.fmean((m["timings"].get("train_epoch_s") or 0) for m in members)
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict], metrics=DEFAULT_METRICS, split: str = "test") -> str:
+    best = {m: max(r[m][0] for r in rows) for m in metrics}
+    head = ["config", "n"] + [f"{split} {m}" for m in metrics] + ["best epoch", "s/epoch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["config"], str(r["n"])]
+        for m in metrics:
+            mean, std = r[m]
+            text = f"{mean:.4f} ± {std:.4f}"
+            cells.append(f"**{text}**" if mean == best[m] else text)
+        cells += [f"{r['best_epoch']:.0f}", f"{r['epoch_s']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: Path, metrics=DEFAULT_METRICS) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        stats = [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
+        w.writerow(["config", "model", "dataset", "n", "seeds", *stats])
+        for r in rows:
+            w.writerow([r["config"], r["model"], r["dataset"], r["n"], " ".join(map(str, r["seeds"]))]
+                       + [f"{v:.6f}" for m in metrics for v in r[m]])
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", help="a folder searched recursively for results.json (e.g. a multirun dir)")
+    parser.add_argument("--split", default="test", choices=["valid", "test"])
+    parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
+    parser.add_argument("--out", help="markdown file to write (default: <root>/report.md)")
+    args = parser.parse_args(argv)
+    rows = aggregate(load_runs(args.root), args.split, args.metrics)
+    table = markdown(rows, args.metrics, args.split)
+    out = Path(args.out) if args.out else Path(args.root) / "report.md"
+    out.write_text(table + "\n")
+    write_csv(rows, out.with_suffix(".csv"), args.metrics)
+    print(table)
+    print(f"\nwritten: {out} and {out.with_suffix('.csv')}")
+    return table
+
+
+if __name__ == "__main__":
+    main()
