@@ -68,7 +68,8 @@ def test_pipeline_writes_provenance_and_reruns_only_what_changed(tmp_path, small
     (tmp_path / "img" / "7.jpg").write_bytes(b"not a jpeg")  # unreadable
     meta = metadata(small.n_items, images)
     out = tmp_path / "feat"
-    kw = dict(text_fields=["title", "genres", "overview"], text_encoder=text_encoder, image_encoder=image_encoder)
+    kw = {"text_fields": ["title", "genres", "overview"], "text_encoder": text_encoder,
+          "image_encoder": image_encoder}
     s1 = build_features(small, meta, out, **kw)
     text, image, users = (np.load(out / f) for f in ("text_feat.npy", "image_feat.npy", "user_pref_feat.npy"))
     assert text.shape == (10, 384) and image.shape == (10, 1280) and users.shape == (12, 384)

@@ -71,7 +71,8 @@ def test_malformed_response_and_unreachable_endpoint(tmp_path):
 def test_api_key_comes_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("RECGOAT_TEST_KEY", "sk-test")
     with FakeLLM() as server:
-        ChatClient(server.base_url, "m", api_key_env="RECGOAT_TEST_KEY").complete([{"role": "user", "content": "KEY=a"}])
+        client = ChatClient(server.base_url, "m", api_key_env="RECGOAT_TEST_KEY")
+        client.complete([{"role": "user", "content": "KEY=a"}])
     assert server.requests[0]["auth"] == "Bearer sk-test"
 
 
