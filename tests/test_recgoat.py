@@ -250,3 +250,16 @@ def test_authors_preset_composes(tmp_path):
     cfg = compose_cfg(["+experiment=authors_baby"], tmp_path)
     assert cfg.model.embedding_dim == 800 and cfg.optimizer.lr == 8e-4 and cfg.datamodule.batch_size == 4096
     assert cfg.model._target_ == "recgoat.models.RecGOAT" and cfg.model.cmcl.weight == 0.032
+
+
+def test_warm_started_plan_reaches_the_same_fixed_point_faster():
+    g = torch.Generator().manual_seed(7)
+    zm, zid = torch.randn(400, 16, generator=g), torch.randn(400, 16, generator=g)
+    cold = DimensionTransport(eps=0.01, warm_start=False)
+    warm = DimensionTransport(eps=0.01)
+    warm.plan(zm, zid, key="text")                       # fills the cache
+    nudged = zm + 1e-3 * torch.randn(400, 16, generator=g)
+    p_cold, p_warm = cold.plan(nudged, zid, key="text"), warm.plan(nudged, zid, key="text")
+    torch.testing.assert_close(p_warm, p_cold, atol=5e-3, rtol=0)
+    torch.testing.assert_close(p_warm.sum(0), torch.ones(16), atol=1e-4, rtol=0)
+    assert warm.last_iters <= cold.last_iters

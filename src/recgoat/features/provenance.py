@@ -9,11 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from recgoat.utils.io import atomic_write
 
 
 def digest(parts) -> str:
@@ -45,18 +45,6 @@ def is_up_to_date(npy: Path, encoder: dict, inputs_sha256: str) -> bool:
     return bool(side) and side.get("inputs_sha256") == inputs_sha256 and side.get("encoder") == encoder
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_features(npy: Path, x: np.ndarray, encoder: dict, inputs_sha256: str, **provenance) -> dict:
     """Write ``x`` (float32) and its sidecar; returns the sidecar."""
     npy = Path(npy)
@@ -68,6 +56,6 @@ def write_features(npy: Path, x: np.ndarray, encoder: dict, inputs_sha256: str, 
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(x, dtype=np.float32))
 
-    _atomic_write(npy, save_npy)
-    _atomic_write(sidecar_path(npy), lambda tmp: Path(tmp).write_text(json.dumps(side, indent=2, default=str) + "\n"))
+    atomic_write(npy, save_npy)
+    atomic_write(sidecar_path(npy), lambda tmp: Path(tmp).write_text(json.dumps(side, indent=2, default=str) + "\n"))
     return side

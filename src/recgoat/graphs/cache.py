@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recgoat.data import array_digest
+from recgoat.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +43,10 @@ def cached_sparse(cache_dir: str | Path | None, builder: str, version: int, arra
         except (OSError, ValueError) as e:  # a damaged file is rebuilt, not trusted
             log.warning("graph cache %s unreadable (%s); rebuilding", path, e)
     m = sp.csr_matrix(build())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    os.close(fd)
-    try:
-        sp.save_npz(tmp, m)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: save_npz would append ".npz" to a name
+            sp.save_npz(f, m)
+
+    atomic_write(path, save)
     return m

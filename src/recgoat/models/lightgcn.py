@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from recgoat.data import RecDataset
 from recgoat.graphs import normalized_bipartite_adjacency
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer
-from recgoat.nn import LightGCNPropagation, bpr_loss, embedding_norm_penalty, to_torch_csr
+from recgoat.nn import ConstantSparse, LightGCNPropagation, bpr_loss, embedding_norm_penalty
 
 
 class LightGCN(Recommender):
@@ -28,12 +28,12 @@ class LightGCN(Recommender):
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, embedding_dim)))
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, embedding_dim)))
         self.propagate = LightGCNPropagation(n_layers)
-        # derived from the data, rebuilt on load: not part of the checkpoint
-        self.register_buffer("adj", to_torch_csr(normalized_bipartite_adjacency(dataset.train)), persistent=False)
+        # derived from the data, rebuilt on load: not a buffer (DDP cannot broadcast sparse tensors)
+        self.adj = ConstantSparse(normalized_bipartite_adjacency(dataset.train))
 
     def forward(self) -> tuple[Tensor, Tensor]:
         """Final (user [n_users, d], item [n_items, d]) embeddings."""
-        out = self.propagate(torch.cat([self.user_emb, self.item_emb]), self.adj)
+        out = self.propagate(torch.cat([self.user_emb, self.item_emb]), self.adj.on(self.user_emb.device))
         return out[: self.n_users], out[self.n_users:]
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

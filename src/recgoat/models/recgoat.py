@@ -26,6 +26,7 @@ from recgoat.models.base import EmbeddingScorer, Recommender, Scorer
 from recgoat.nn import (
     AdaptiveFusion,
     AdaptiveTransportMap,
+    ConstantSparse,
     CSRGraph,
     DimensionTransport,
     GraphAttentionEncoder,
@@ -34,7 +35,6 @@ from recgoat.nn import (
     bpr_loss,
     cmcl_loss,
     embedding_norm_penalty,
-    to_torch_csr,
 )
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class RecGOAT(Recommender):
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
         self.propagate = LightGCNPropagation(n_layers)
-        self.register_buffer("adj", to_torch_csr(normalized_bipartite_adjacency(dataset.train)), persistent=False)
+        self.adj = ConstantSparse(normalized_bipartite_adjacency(dataset.train))  # not a buffer: see ConstantSparse
 
         k_items = int(item_encoder.pop("k", 20))
         self.encoders = nn.ModuleDict()
@@ -149,7 +149,7 @@ class RecGOAT(Recommender):
         self.oat_map = None
         if oat_map.pop("enabled") and self.fusion_mode == "adaptive":
             transport = DimensionTransport(**oat_map)
-            self.oat_map = nn.ModuleDict({m: AdaptiveTransportMap(d, transport) for m in names})
+            self.oat_map = nn.ModuleDict({m: AdaptiveTransportMap(d, transport, key=m) for m in names})
         if self.fusion_mode == "adaptive":
             self.fusion = AdaptiveFusion(["id", *names], d, **fusion)
         elif self.cmcl_cfg["weight"] or self.w1_cfg["weight"]:
@@ -175,7 +175,7 @@ class RecGOAT(Recommender):
         if self.fusion_mode == "naive":
             items0 = items0 + sum(self.encoders[m](getattr(self, f"x_{m}")) for m in self.modalities)
         with record_function("recgoat.lightgcn"):
-            out = self.propagate(torch.cat([users0, items0]), self.adj)
+            out = self.propagate(torch.cat([users0, items0]), self.adj.on(users0.device))
         users, item_id = out[: self.n_users], out[self.n_users:]
         if self.fusion_mode == "naive":
             return {"user": users, "item": item_id, "item_id": item_id, "aligned": {}}

@@ -31,6 +31,26 @@ def to_torch_csr(m: sp.spmatrix) -> Tensor:
         )
 
 
+class ConstantSparse:
+    """A constant sparse matrix (e.g. a normalised graph) held outside the module's buffers.
+
+    Sparse CSR buffers break DDP, which broadcasts every buffer at start-up; this keeps the matrix
+    on the host and copies it once to each device it is used on.
+    """
+
+    def __init__(self, m: sp.spmatrix):
+        self.host = to_torch_csr(m)
+        self._copies: dict[torch.device, Tensor] = {}
+
+    def on(self, device: torch.device) -> Tensor:
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self.host
+        if device not in self._copies:
+            self._copies[device] = self.host.to(device)
+        return self._copies[device]
+
+
 class _SparseMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, adj: Tensor, adj_t: Tensor, x: Tensor) -> Tensor:

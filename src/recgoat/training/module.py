@@ -75,7 +75,8 @@ class RecModule(pl.LightningModule):
         sums.values = self.trainer.strategy.reduce(sums.values, reduce_op="sum")
         metrics = sums.means()
         self._scorer, self._sums = None, None
-        self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, sync_dist=False, rank_zero_only=False)
+        # already reduced over ranks; sync_dist averages identical values, which leaves them unchanged
+        self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, sync_dist=True)
         self.last_metrics[split] = metrics
         return metrics
 

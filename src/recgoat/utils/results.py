@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from recgoat.utils.io import atomic_write
 
 
 def metrics_table(columns: dict[str, dict[str, float]], title: str = "") -> str:
@@ -26,15 +26,4 @@ def metrics_table(columns: dict[str, dict[str, float]], title: str = "") -> str:
 
 def write_json_atomic(path: Path, payload: dict) -> None:
     """Write JSON via a temporary file and rename, so a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, default=float)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2, default=float) + "\n"))
