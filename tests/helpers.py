@@ -54,3 +54,37 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 600, env: dict | None =
 
 def load_results(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+def read_wandb_log(path: Path) -> list:
+    """Records of a W&B ``run-<id>.wandb`` transaction log (LevelDB-style log of protobuf records).
+
+    wandb writes the offline run's history, summary and config only into this file; there is no
+    public reader, so tests parse it: a 7-byte file header, then 32 KiB blocks of chunks with a
+    7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last).
+    """
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    ident, magic, _version = struct.unpack("<4sHB", data[:7])
+    assert ident == b":W&B" and magic == 0xBEE1, f"{path}: not a W&B transaction log"
+    records, pos, pending, block = [], 7, b"", 32768
+    while pos + 7 <= len(data):
+        room = block - pos % block
+        if room < 7:
+            pos += room
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            continue
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(pending)
+            records.append(rec)
+            pending = b""
+    return records

@@ -19,6 +19,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import WandbLogger
 
 from recgoat.training import RecDataModule, RecModule, Timings
 from recgoat.utils.config import conf_dir
@@ -98,6 +99,15 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
         "timings": {"load_s": load_s, "fit_s": fit_s, **timings.summary()},
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
+    final = {f"final/{split}/{k}": v for split, m in (("valid", valid), ("test", test)) for k, v in m.items()}
+    for lg in loggers:
+        lg.log_metrics({**final, "final/best_epoch": best_epoch if best_epoch is not None else -1})
+        if hasattr(lg, "log_table"):  # W&B: the final valid/test table
+            lg.log_table(key="final_metrics", columns=["metric", "valid", "test"],
+                         data=[[k, valid[k], test[k]] for k in test])
+        lg.finalize("success")
+        if isinstance(lg, WandbLogger):
+            lg.experiment.finish()  # flush summary and config now, not at interpreter exit
     if trainer.is_global_zero:
         write_json_atomic(output_dir / "results.json", results)
         title = (f"{results['model']} on {dataset.name}: metrics at the best valid epoch "

@@ -1,9 +1,12 @@
 """The LightningModule: owns optimisation, logging and evaluation scheduling for any recommender."""
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
 from torch import Tensor
 
 from recgoat.data import RecDataset
@@ -93,6 +96,12 @@ class RecModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["valid_history"] = list(self.valid_history)
+        # random state (dropout, OT subsampling), so a resumed run continues exactly as an uninterrupted one
+        # (plain types and tensors only, so the checkpoint still loads with weights_only=True)
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        checkpoint["rng_state"] = {"torch": torch.get_rng_state(),
+                                   "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+                                   "python": random.getstate()}
         # what `recommend` and `export` need to rebuild the model and map ids, without the run dir
         checkpoint["recgoat"] = {
             "config": self.run_config,
@@ -103,6 +112,12 @@ class RecModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.valid_history = list(checkpoint.get("valid_history", []))
+        rng = checkpoint.get("rng_state")
+        if rng and self.trainer is not None and self.trainer.state.fn == "fit":
+            torch.set_rng_state(rng["torch"])
+            name, keys, pos, has_gauss, cached = rng["numpy"]
+            np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+            random.setstate(rng["python"])
 
     def on_test_epoch_start(self) -> None:
         self._start_eval()

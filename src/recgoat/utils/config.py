@@ -28,9 +28,26 @@ def conf_dir() -> Path:
     return path
 
 
+def wandb_offline() -> bool:
+    """W&B runs offline unless an API key is configured."""
+    return not os.environ.get("WANDB_API_KEY")
+
+
+def wandb_group() -> str | None:
+    """The sweep folder's name for the jobs of a Hydra multirun (so W&B groups them), else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    return Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
+
+
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("project_root"):
-        OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))
+    for name, fn in (("project_root", lambda: str(project_root())), ("wandb_offline", wandb_offline),
+                     ("wandb_group", wandb_group)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
 
 
 register_resolvers()
