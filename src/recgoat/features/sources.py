@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from pathlib import Path
 
@@ -58,6 +59,29 @@ def scientific_items(path: str | Path) -> dict:
                 log.warning("%s:%d: malformed line skipped (expected 'item_id<TAB>text')", table, lineno)
                 continue
             items[parts[0]] = {"title": parts[1].strip() or None, "image": None}
+    return items
+
+
+def amazon_items(path: str | Path) -> dict:
+    """``{asin: {"title", "brand", "category", "description", "image"}}`` of a converted Amazon folder.
+
+    Reads ``item_meta.jsonl`` (written by :func:`recgoat.data.amazon.convert_amazon`); images are
+    ``images/<asin>.jpg`` where the user downloaded them (their URLs are in the metadata).
+    """
+    folder = Path(path)
+    table = folder / "item_meta.jsonl"
+    if not table.exists():
+        raise DataError(f"{table}: not found (convert the raw files with recgoat.data.amazon.convert_amazon)")
+    items = {}
+    with open(table, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("%s:%d: malformed line skipped", table, lineno)
+                continue
+            image = folder / "images" / f"{rec['asin']}.jpg"
+            items[rec["asin"]] = {**rec, "image": image if image.exists() else None}
     return items
 
 
