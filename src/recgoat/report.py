@@ -1,10 +1,12 @@
-"""Aggregate the results.json files of runs into a table: mean ± std per config across seeds.
+"""Aggregate the results.json files of runs into a table and plots: mean ± std per config across seeds.
 
-    python -m recgoat.report logs/train/multiruns/<time>            # markdown to stdout, CSV beside
+    python -m recgoat.report logs/train/multiruns/<time>            # markdown to stdout, CSV + PNGs beside
     python -m recgoat.report <dir> --split test --metrics recall@20 ndcg@20 --out table.md
 
 Runs are grouped by their ``name`` (experiment) or, without one, by model and dataset. Best
 values per metric (highest mean) are marked in bold. Selection inside each run was on valid.
+Plots: ``valid_curves.png`` (validation Recall@20 per epoch, one line per run) and
+``bars.png`` (the first metric per config, mean with std error bars).
 """
 from __future__ import annotations
 
@@ -77,6 +79,48 @@ def write_csv(rows: list[dict], path: Path, metrics=DEFAULT_METRICS) -> None:
                        + [f"{v:.6f}" for m in metrics for v in r[m]])
 
 
+def plot_curves(runs: list[dict], path: Path, metric: str = "recall@20") -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in runs:
+        hist = r.get("valid_history") or []
+        if hist:
+            ax.plot([h["epoch"] for h in hist], [h[metric] for h in hist], lw=1,
+                    label=f"{group_key(r)} (seed {r['seed']})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"valid {metric}")
+    ax.set_title("Validation curves")
+    if len(runs) <= 12:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_bars(rows: list[dict], path: Path, metric: str, split: str = "test") -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(rows) + 2), 4.5))
+    names = [r["config"] for r in rows]
+    means = [r[metric][0] for r in rows]
+    stds = [r[metric][1] for r in rows]
+    ax.bar(range(len(rows)), means, yerr=stds, capsize=4, color="#4C72B0")
+    ax.set_xticks(range(len(rows)), names, rotation=30, ha="right")
+    ax.set_ylabel(f"{split} {metric} (mean ± std over seeds)")
+    lo = min(m - s for m, s in zip(means, stds, strict=True))
+    ax.set_ylim(max(0.0, lo * 0.9), None)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", help="a folder searched recursively for results.json (e.g. a multirun dir)")
@@ -84,13 +128,16 @@ def main(argv=None) -> str:
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
     parser.add_argument("--out", help="markdown file to write (default: <root>/report.md)")
     args = parser.parse_args(argv)
-    rows = aggregate(load_runs(args.root), args.split, args.metrics)
+    runs = load_runs(args.root)
+    rows = aggregate(runs, args.split, args.metrics)
     table = markdown(rows, args.metrics, args.split)
     out = Path(args.out) if args.out else Path(args.root) / "report.md"
     out.write_text(table + "\n")
     write_csv(rows, out.with_suffix(".csv"), args.metrics)
+    curves = plot_curves(runs, out.with_name("valid_curves.png"))
+    bars = plot_bars(rows, out.with_name("bars.png"), args.metrics[0], args.split)
     print(table)
-    print(f"\nwritten: {out} and {out.with_suffix('.csv')}")
+    print(f"\nwritten: {out}, {out.with_suffix('.csv')}, {curves}, {bars}")
     return table
 
 

@@ -1,0 +1,62 @@
+"""Sweeps end to end: a real multirun with the parallel launcher, the report, the notebook, Optuna."""
+from __future__ import annotations
+
+import os
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recgoat.report import load_runs, main
+from tests.helpers import TINY_DATA, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [*TINY_DATA, "trainer.enable_progress_bar=false", "logger=none", "trainer.max_epochs=2"]
+
+
+@pytest.fixture(scope="module")
+def multirun(tmp_path_factory):
+    """2 models x 2 seeds, run in parallel by the joblib launcher."""
+    sweep = tmp_path_factory.mktemp("sweep")
+    run_cli(["-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", "model=bpr,lightgcn", "seed=1,2",
+             *CLI, f"hydra.sweep.dir={sweep}"], cwd=sweep, env={"OMP_NUM_THREADS": "1"})
+    return sweep
+
+
+@pytest.mark.slow
+def test_report_builds_table_and_plots_from_a_real_multirun(multirun):
+    runs = load_runs(multirun)
+    assert sorted((r["model"], r["seed"]) for r in runs) == [("BPRMF", 1), ("BPRMF", 2), ("LightGCN", 1),
+                                                            ("LightGCN", 2)]
+    table = main([str(multirun), "--metrics", "recall@20", "ndcg@20"])
+    for model in ("BPRMF", "LightGCN"):
+        values = [r["test"]["recall@20"] for r in runs if r["model"] == model]
+        row = next(line for line in table.splitlines() if line.startswith(f"| {model} "))
+        assert f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}" in row
+    for png in ("valid_curves.png", "bars.png"):
+        data = (multirun / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+@pytest.mark.slow
+def test_analysis_notebook_executes_on_the_multirun(multirun, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+    monkeypatch.setenv("RECGOAT_RUNS", str(multirun))
+    nb = nbformat.read(ROOT / "notebooks" / "analysis.ipynb", as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "4 runs under" in outputs and "| LightGCN / synthetic |" in outputs
+
+
+@pytest.mark.slow
+def test_optuna_sweep_optimises_valid_recall(tmp_path):
+    run_cli(["-m", "+hparams_search=lightgcn_optuna", "hydra.sweeper.n_trials=3",
+             "hydra.sweeper.sampler.n_startup_trials=2", *CLI, f"hydra.sweep.dir={tmp_path}"],
+            cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    runs = load_runs(tmp_path)
+    assert len(runs) == 3
+    assert best["best_value"] == pytest.approx(max(r["valid"]["recall@20"] for r in runs))
+    assert os.path.exists(tmp_path / "0" / ".hydra" / "overrides.yaml")
