@@ -124,3 +124,14 @@ def test_ml100k_source_covers_every_movie():
     assert len(items) == 1682 and all(m["title"] for m in items.values())
     assert sum(m["image"] is not None for m in items.values()) == 1663
     assert items[1]["genres"] == "Animation, Children, Comedy" and items[1]["year"] == "1995"
+
+
+def test_malformed_metadata_rows_are_skipped_not_fatal(tmp_path, caplog):
+    import logging
+    (tmp_path / "posters").mkdir()
+    (tmp_path / "items_tmdb.csv").write_text(
+        "movie_id,title,overview,year,Drama\n1,Good,A film,1995.0,1\nabc,Broken,x,1990,0\n2,Other,,,0\n")
+    with caplog.at_level(logging.WARNING):
+        items = ml100k_items(tmp_path)
+    assert sorted(items) == [1, 2] and items[2]["overview"] is None and items[1]["genres"] == "Drama"
+    assert "items_tmdb.csv:3: field 'movie_id' = 'abc' is not an integer; line skipped" in caplog.text

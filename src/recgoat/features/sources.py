@@ -33,8 +33,11 @@ def ml100k_items(path: str | Path) -> dict:
         for lineno, row in enumerate(reader, start=2):
             try:
                 movie = int(row["movie_id"])
-            except ValueError:
-                raise DataError(f"{table}:{lineno}: field 'movie_id' = {row['movie_id']!r} is not an integer") from None
+            except (TypeError, ValueError):
+                # a bad line costs its item's metadata (listed in the sidecar), not the run
+                log.warning("%s:%d: field 'movie_id' = %r is not an integer; line skipped", table, lineno,
+                            row.get("movie_id"))
+                continue
             if movie in items:
                 continue
             genres = [g.replace("genre_", "") for g in ML100K_GENRES if row.get(g) == "1"]
