@@ -80,7 +80,8 @@ class RecGOAT(Recommender):
         user_encoder: ``{enabled, graph, k, n_layers, heads, dropout, negative_slope}``; ``graph=false``
             encodes user features without the user-user graph.
         cmcl: ``{weight, tau}``.
-        oat_map: ``{enabled, eps, cost_scale, normalize_cost, scaling}`` (dimension-level transport map).
+        oat_map: ``{enabled, eps, cost_scale, normalize_cost, scaling, tol, warm_start}`` (dimension-level
+            transport map; see :class:`DimensionTransport`).
         oat_w1: ``{weight, blur, scaling, max_points}`` (Sinkhorn-divergence loss).
         fusion: ``{mode: adaptive|naive, init: {name: w}, default_init, dropout}``; ``naive`` adds
             linear projections of the raw features to the ID item embeddings (no GAT, no alignment).
