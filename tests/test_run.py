@@ -72,3 +72,16 @@ def test_default_job_beats_popularity(tmp_path):
     assert default.returncode == pop.returncode == 0
     lgcn, mp = load_results(tmp_path / "lgcn"), load_results(tmp_path / "pop")
     assert lgcn["test"]["recall@20"] > 1.5 * mp["test"]["recall@20"]
+
+
+def test_early_stopping_warmup_counts_patience_only_after_it(tmp_path):
+    # a plateau of 3 evaluations would stop a patience-2 run at epoch 2; with a 4-epoch warm-up
+    # it runs on, and patience counts from epoch 4
+    base = [*TINY_DATA, *QUIET, "model=bpr", "optimizer.lr=1e-6", "trainer.max_epochs=12",
+            "callbacks.early_stopping.patience=2"]
+    plain = run_in_process(base, tmp_path / "plain")
+    warm = run_in_process([*base, "callbacks.early_stopping.warmup_epochs=6"], tmp_path / "warm")
+    assert len(plain["valid_history"]) < 6 <= len(warm["valid_history"])
+    best = max(range(len(warm["valid_history"])), key=lambda e: warm["valid_history"][e]["recall@20"])
+    # evaluations without improvement are counted from epoch 6 (or from the best, if later)
+    assert len(warm["valid_history"]) == min(12, max(6, best + 1) + 2)

@@ -5,8 +5,33 @@ import logging
 import time
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import EarlyStopping as _LightningEarlyStopping
 
 log = logging.getLogger("recgoat")
+
+
+class EarlyStopping(_LightningEarlyStopping):
+    """Lightning's early stopping with a warm-up: no patience runs out before ``warmup_epochs``.
+
+    The best score is tracked from the first epoch, but the patience counter only starts at
+    ``warmup_epochs``. (Lightning's ``Trainer(min_epochs=...)`` is not the same: a stop decided
+    during the minimum epochs sticks and ends the run right after them, even if the metric is
+    improving by then.) LightGCN on popularity-skewed data sits on a popularity plateau for its
+    first ~20-40 epochs; a warm-up keeps patience-20 early stopping from ending it there.
+    """
+
+    def __init__(self, *args, warmup_epochs: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.warmup_epochs = warmup_epochs
+
+    def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:
+        if trainer.current_epoch >= self.warmup_epochs:
+            return super()._run_early_stopping_check(trainer)
+        current = trainer.callback_metrics.get(self.monitor)
+        if current is not None and self.monitor_op(current.squeeze() - self.min_delta,
+                                                   self.best_score.to(current.device)):
+            self.best_score = current.squeeze().detach()
+        self.wait_count = 0
 
 
 class Timings(pl.Callback):
