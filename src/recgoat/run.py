@@ -44,11 +44,12 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     load_s = time.perf_counter() - t0
     log.info("%r (loaded in %.1fs)", dataset, load_s)
 
+    resolved = OmegaConf.to_container(cfg, resolve=True)
     model = instantiate(cfg.model)(dataset=dataset)
     n_params = sum(p.numel() for p in model.parameters())
     module = RecModule(model, dataset, optimizer=instantiate(cfg.optimizer), ks=list(cfg.evaluation.ks),
                        eval_user_batch=cfg.evaluation.user_batch, eval_item_chunk=cfg.evaluation.item_chunk,
-                       run_config=OmegaConf.to_container(cfg, resolve=True))
+                       run_config=resolved)
     datamodule = RecDataModule(dataset, batch_size=cfg.datamodule.batch_size,
                                eval_batch_size=cfg.evaluation.user_batch, seed=cfg.seed)
 
@@ -57,7 +58,7 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     checkpoint = next((c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)), None)
     loggers = _instantiate_all(cfg.get("logger"))
     for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        lg.log_hyperparams(resolved)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     best_epoch = None
@@ -97,7 +98,7 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
         "valid_history": history,
         "n_parameters": n_params,
         "timings": {"load_s": load_s, "fit_s": fit_s, **timings.summary()},
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": resolved,
     }
     final = {f"final/{split}/{k}": v for split, m in (("valid", valid), ("test", test)) for k, v in m.items()}
     for lg in loggers:
