@@ -15,7 +15,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from recgoat.eval.metrics import METRICS, ranking_metrics
+from recgoat.eval.metrics import METRICS, metric_names, ranking_metrics
 from recgoat.eval.ranking import merge_topk, topk_stable
 
 ScoreFn = Callable[[Tensor, slice], Tensor]
@@ -136,7 +136,7 @@ class FullRankingEvaluator:
         unknown = set(self.metrics) - set(METRICS)
         if unknown:
             raise ValueError(f"unknown metric(s) {sorted(unknown)}; available: {METRICS}")
-        self.names = [f"{m}@{k}" for k in self.ks for m in self.metrics]
+        self.names = metric_names(self.ks, self.metrics)
         self.train = DeviceCSR(train)
         self._targets: dict[int, tuple[sp.csr_matrix, DeviceCSR]] = {}
 

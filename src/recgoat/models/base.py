@@ -71,11 +71,3 @@ class Recommender(nn.Module, abc.ABC):
 
     def on_train_epoch_start(self, epoch: int) -> None:
         """Hook for per-epoch work such as re-sampling a graph; default: nothing."""
-
-    @property
-    def device(self) -> torch.device:
-        for t in self.parameters():
-            return t.device
-        for t in self.buffers():
-            return t.device
-        return torch.device("cpu")
