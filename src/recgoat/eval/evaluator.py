@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from recgoat.eval.metrics import METRICS, metric_names, ranking_metrics
-from recgoat.eval.ranking import merge_topk, topk_stable
+from recgoat.utils.ranking import merge_topk, topk_stable
 
 ScoreFn = Callable[[Tensor, slice], Tensor]
 

@@ -5,7 +5,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recgoat.eval.ranking import topk_stable
+from recgoat.utils.ranking import topk_stable
 
 KNN_BUILDER_VERSION = 1  # bump when the construction changes: it is part of the cache key
 
