@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # CPU wheel by default; GPU users: make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install run test test-fast bench lint clean
+.PHONY: install run test test-fast test-dgl bench lint clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,17 @@ test:
 test-fast:
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The optional DGL backend in an environment of its own (DGL's wheels need torch <= 2.2.1, CPU only):
+# a few GB of downloads the first time (PyPI's torch 2.2 is a CUDA build); the default install never needs it.
+DGL_VENV ?= .venv-dgl
+test-dgl:
+	test -x $(DGL_VENV)/bin/python || $(PYTHON) -m venv $(DGL_VENV)
+	$(DGL_VENV)/bin/python -m pip install --quiet -c constraints/dgl.txt torch dgl torchdata "setuptools<70" \
+		pandas pydantic pyyaml psutil requests networkx
+	$(DGL_VENV)/bin/python -m pip install --quiet -c constraints/dgl.txt -e ".[dev]"
+	$(DGL_VENV)/bin/python -c "import torch, dgl; print('torch', torch.__version__, '| dgl', dgl.__version__)"
+	$(DGL_VENV)/bin/python -m pytest -q -m dgl -p no:cacheprovider tests/test_dgl.py
+
 bench:
 	$(BIN)/python benchmarks/bench.py
 
@@ -29,4 +40,4 @@ lint:
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf logs .cache .pytest_cache build dist src/*.egg-info
+	rm -rf logs .cache .pytest_cache build dist src/*.egg-info $(DGL_VENV)

@@ -28,12 +28,15 @@ from torch.profiler import ProfilerActivity, profile
 from recgoat.data import RecDataset, load_split_txt, make_synthetic
 from recgoat.eval import FullRankingEvaluator, users_with_items
 from recgoat.inference import LoadedModel
-from recgoat.models import BPRMF, LightGCN, MostPop, RecGOAT
+from recgoat.models import BPRMF, FREEDOM, MGCN, VBPR, LGMRec, LightGCN, MostPop, RecGOAT
 from recgoat.recommend import recommend
 from recgoat.training import BPRBatches, RecDataModule, RecModule, Timings
 from recgoat.utils.config import project_root
 
-MODELS = {"mostpop": MostPop, "bpr": BPRMF, "lightgcn": LightGCN, "recgoat": RecGOAT}
+MODELS = {"mostpop": MostPop, "bpr": BPRMF, "lightgcn": LightGCN, "vbpr": VBPR, "freedom": FREEDOM, "mgcn": MGCN,
+          "lgmrec": LGMRec, "recgoat": RecGOAT}
+MULTIMODAL = {"vbpr", "freedom", "mgcn", "lgmrec", "recgoat"}
+USES_GRAPH_CACHE = {"freedom", "mgcn", "recgoat"}
 OAT_SCOPES = ("recgoat.oat_map", "recgoat.oat_w1")
 
 
@@ -111,8 +114,9 @@ def bench_eval(dataset, repeats: int = 3) -> dict:
 
 
 def build(dataset, name: str, cache_dir: str):
-    if name == "recgoat":
-        return RecGOAT(with_random_features(dataset), cache_dir=cache_dir)
+    if name in MULTIMODAL:
+        kwargs = {"cache_dir": cache_dir} if name in USES_GRAPH_CACHE else {}
+        return MODELS[name](with_random_features(dataset), **kwargs)
     return MODELS[name](dataset)
 
 
@@ -169,8 +173,8 @@ def bench_recommend(dataset, k: int = 20) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["bpr", "lightgcn", "recgoat"],
-                        choices=[m for m in MODELS if m != "mostpop"])
+    parser.add_argument("--models", nargs="+", choices=[m for m in MODELS if m != "mostpop"],
+                        default=["bpr", "lightgcn", "vbpr", "freedom", "mgcn", "lgmrec", "recgoat"])
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
 

@@ -1,4 +1,9 @@
-"""Graph builders: user-item bipartite graph (and, with the RecGOAT model, kNN graphs)."""
-from recgoat.graphs.user_item import bipartite_adjacency, normalized_bipartite_adjacency, sym_normalize
+"""Graph builders: user-item bipartite graph (with FREEDOM's pruning) and kNN graphs (``recgoat.graphs.knn``)."""
+from recgoat.graphs.user_item import (
+    bipartite_adjacency,
+    degree_sensitive_pruning,
+    normalized_bipartite_adjacency,
+    sym_normalize,
+)
 
-__all__ = ["bipartite_adjacency", "normalized_bipartite_adjacency", "sym_normalize"]
+__all__ = ["bipartite_adjacency", "degree_sensitive_pruning", "normalized_bipartite_adjacency", "sym_normalize"]

@@ -5,6 +5,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recgoat.graphs.cache import cached_sparse
 from recgoat.utils.ranking import topk_stable
 
 KNN_BUILDER_VERSION = 1  # bump when the construction changes: it is part of the cache key
@@ -56,3 +57,29 @@ def edge_index(adj: sp.spmatrix) -> torch.Tensor:
     """PyG's ``edge_index`` ``[2, E]`` (source, target) of a (symmetric) adjacency."""
     coo = sp.coo_matrix(adj)
     return torch.from_numpy(np.vstack([coo.col, coo.row]).astype(np.int64))
+
+
+def knn_similarity_graph(x: np.ndarray, k: int, weighted: bool = False, chunk: int = 2048) -> sp.csr_matrix:
+    """Directed kNN graph of the MMRec-family models (FREEDOM, MGCN): row ``i`` keeps its ``k`` most
+    cosine-similar rows *including itself* (its own similarity is the largest), with weight 1 or, when
+    ``weighted``, the cosine similarity; not symmetrised. Normalise with ``sym_normalize`` (row degrees)."""
+    n = x.shape[0]
+    if not 0 < k <= n:
+        raise ValueError(f"k must be in 1..{n} for {n} rows, got {k}")
+    nbrs = cosine_topk(x, k, chunk=chunk, exclude_self=False) if k < n else np.tile(np.arange(n), (n, 1))
+    rows = np.repeat(np.arange(n), k)
+    if weighted:
+        xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        values = np.einsum("ij,ij->i", xn[rows], xn[nbrs.ravel()]).astype(np.float32)
+    else:
+        values = np.ones(n * k, dtype=np.float32)
+    a = sp.csr_matrix((values, (rows, nbrs.ravel())), shape=(n, n), dtype=np.float32)
+    a.sort_indices()
+    return a
+
+
+def cached_knn_similarity_graph(x: np.ndarray, k: int, weighted: bool, cache_dir, builder: str) -> sp.csr_matrix:
+    """:func:`knn_similarity_graph`, cached on disk by the feature bytes, ``k`` and ``weighted``."""
+    return cached_sparse(cache_dir, builder, KNN_BUILDER_VERSION, {"features": x},
+                         {"k": k, "weighted": weighted, "self_in_topk": True, "symmetric": False},
+                         lambda: knn_similarity_graph(x, k, weighted=weighted))

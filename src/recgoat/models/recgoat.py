@@ -23,6 +23,7 @@ from recgoat.graphs import normalized_bipartite_adjacency
 from recgoat.graphs.cache import cached_sparse
 from recgoat.graphs.knn import KNN_BUILDER_VERSION, edge_index, knn_adjacency
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer
+from recgoat.models.inputs import fill_missing_rows, item_modalities
 from recgoat.nn import (
     AdaptiveFusion,
     AdaptiveTransportMap,
@@ -30,34 +31,16 @@ from recgoat.nn import (
     CSRGraph,
     DimensionTransport,
     GraphAttentionEncoder,
-    LightGCNPropagation,
     SinkhornW1,
     bpr_loss,
     cmcl_loss,
     embedding_norm_penalty,
 )
+from recgoat.nn.backends import check_backend, lightgcn_propagation
 
 log = logging.getLogger(__name__)
 
 FUSION_MODES = ("adaptive", "naive")
-
-
-def _fill_missing_rows(name: str, x: np.ndarray, policy: str) -> np.ndarray:
-    """All-zero rows mean "no feature" (MMRec's files use them). ``error`` (default) or ``mean``."""
-    missing = ~np.any(x != 0, axis=1)
-    if not missing.any():
-        return x
-    first = int(np.flatnonzero(missing)[0])
-    if policy == "error":
-        raise DataError(
-            f"{name}: {int(missing.sum())} of {len(x)} rows are all zeros (missing), first at row {first}; "
-            f"set model.missing_features=mean to fill them with the mean of the present rows")
-    if policy != "mean":
-        raise ValueError(f"missing_features must be 'error' or 'mean', got {policy!r}")
-    log.warning("%s: %d rows missing (all zeros), filled with the mean of the others", name, int(missing.sum()))
-    x = x.copy()
-    x[missing] = x[~missing].mean(axis=0)
-    return x
 
 
 def knn_graph(x: np.ndarray, k: int, cache_dir, builder: str) -> CSRGraph:
@@ -85,6 +68,8 @@ class RecGOAT(Recommender):
         oat_w1: ``{weight, blur, scaling, max_points}`` (Sinkhorn-divergence loss).
         fusion: ``{mode: adaptive|naive, init: {name: w}, default_init, dropout}``; ``naive`` adds
             linear projections of the raw features to the ID item embeddings (no GAT, no alignment).
+        encoder: ``{backend: pyg|dgl}``: the graph library of the attention and LightGCN layers (DGL optional,
+            same parameters: a checkpoint loads under either).
         missing_features: ``error`` or ``mean`` for all-zero feature rows.
         cache_dir: where built kNN graphs are cached (``None``: no cache).
     """
@@ -92,11 +77,12 @@ class RecGOAT(Recommender):
     def __init__(self, dataset: RecDataset, embedding_dim: int = 64, n_layers: int = 3, reg_weight: float = 1e-4,
                  modalities: list[str] | None = None, item_encoder: dict | None = None,
                  user_encoder: dict | None = None, cmcl: dict | None = None, oat_map: dict | None = None,
-                 oat_w1: dict | None = None, fusion: dict | None = None, missing_features: str = "error",
-                 cache_dir: str | None = None):
+                 oat_w1: dict | None = None, fusion: dict | None = None, encoder: dict | None = None,
+                 missing_features: str = "error", cache_dir: str | None = None):
         super().__init__(dataset.n_users, dataset.n_items)
-        item_encoder = dict(item_encoder or {})
-        user_encoder = dict(user_encoder or {})
+        backend = check_backend(dict(encoder or {}).get("backend", "pyg"))  # fails now if DGL is missing
+        item_encoder = {**(item_encoder or {}), "backend": backend}
+        user_encoder = {**(user_encoder or {}), "backend": backend}
         self.cmcl_cfg = {"weight": 0.032, "tau": 0.2, **(cmcl or {})}
         oat_map = {"enabled": True, **(oat_map or {})}
         self.w1_cfg = {"weight": 0.05, **(oat_w1 or {})}
@@ -104,27 +90,22 @@ class RecGOAT(Recommender):
         self.fusion_mode = fusion.pop("mode")
         if self.fusion_mode not in FUSION_MODES:
             raise ValueError(f"fusion.mode must be one of {FUSION_MODES}, got {self.fusion_mode!r}")
-        if not dataset.item_features:
-            raise DataError(f"RecGOAT needs item modality features, and dataset '{dataset.name}' has none; add "
-                            f"<modality>_feat.npy files (python -m recgoat.features) or use model=lightgcn")
-        names = list(dataset.item_features) if modalities is None else list(modalities)
-        unknown = [m for m in names if m not in dataset.item_features]
-        if unknown:
-            raise DataError(f"modalities {unknown} not in dataset '{dataset.name}' (has {list(dataset.item_features)})")
+        features = item_modalities(dataset, "RecGOAT", modalities, missing_features)
+        names = list(features)
         self.modalities = names
         self.reg_weight = reg_weight
         d = embedding_dim
 
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
-        self.propagate = LightGCNPropagation(n_layers)
+        self.propagate = lightgcn_propagation(backend, n_layers)
         self.adj = ConstantSparse(normalized_bipartite_adjacency(dataset.train))  # not a buffer: see ConstantSparse
 
         k_items = int(item_encoder.pop("k", 20))
         self.encoders = nn.ModuleDict()
         self.graphs = nn.ModuleDict()  # CSRGraph buffers: derived from the features, not checkpointed
         for m in names:
-            x = _fill_missing_rows(f"item feature '{m}'", dataset.item_features[m], missing_features)
+            x = features[m]
             self.register_buffer(f"x_{m}", torch.from_numpy(x), persistent=False)
             if self.fusion_mode == "naive":
                 self.encoders[m] = nn.Linear(x.shape[1], d)
@@ -141,7 +122,7 @@ class RecGOAT(Recommender):
                                 f"model.user_encoder.enabled=false")
             use_graph = bool(user_encoder.pop("graph", True))
             k_users = int(user_encoder.pop("k", k_items))
-            xu = _fill_missing_rows("user features", dataset.user_features, missing_features)
+            xu = fill_missing_rows("user features", dataset.user_features, missing_features)
             self.register_buffer("x_user", torch.from_numpy(xu), persistent=False)
             self.user_encoder = GraphAttentionEncoder(xu.shape[1], d, attention=use_graph, **user_encoder)
             if use_graph:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recgoat.nn.fused_gat import CSRGraph, FusedGATConv
+from recgoat.nn.backends import gat_conv
+from recgoat.nn.fused_gat import CSRGraph
 
 
 class GraphAttentionEncoder(nn.Module):
@@ -30,10 +31,12 @@ class GraphAttentionEncoder(nn.Module):
         dropout: dropout of the attention coefficients (and of features between layers).
         negative_slope: LeakyReLU slope of the attention scores.
         attention: use the graph (True) or a per-node MLP (False).
+        backend: ``pyg`` (default; :class:`FusedGATConv` on a :class:`CSRGraph`) or ``dgl``
+            (``dgl.nn.GATConv``, optional; see :mod:`recgoat.nn.backends`). Same parameters either way.
     """
 
     def __init__(self, in_dim: int, dim: int, n_layers: int = 1, heads: int = 8, dropout: float = 0.1,
-                 negative_slope: float = 0.2, attention: bool = True):
+                 negative_slope: float = 0.2, attention: bool = True, backend: str = "pyg"):
         super().__init__()
         if attention and dim % heads:
             raise ValueError(f"dim {dim} must be divisible by heads {heads}")
@@ -42,7 +45,7 @@ class GraphAttentionEncoder(nn.Module):
         self.proj = nn.Linear(in_dim, dim)
         if attention:
             self.layers = nn.ModuleList([
-                FusedGATConv(dim, dim // heads, heads=heads, negative_slope=negative_slope, dropout=dropout)
+                gat_conv(backend, dim, dim // heads, heads=heads, negative_slope=negative_slope, dropout=dropout)
                 for _ in range(n_layers)])
         else:
             self.layers = nn.ModuleList([nn.Linear(dim, dim) for _ in range(n_layers)])

@@ -1,0 +1,120 @@
+"""FREEDOM (Zhou & Shen, ACM MM 2023): a frozen item-item graph and a denoised user-item graph."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from recgoat.data import RecDataset
+from recgoat.graphs import degree_sensitive_pruning, normalized_bipartite_adjacency, sym_normalize
+from recgoat.graphs.knn import cached_knn_similarity_graph
+from recgoat.models.base import EmbeddingScorer, Recommender, Scorer
+from recgoat.models.inputs import item_modalities
+from recgoat.nn import ConstantSparse, LightGCNPropagation, bpr_loss, spmm
+
+
+class FREEDOM(Recommender):
+    r"""FREEDOM: freeze the item-item graph, denoise the user-item graph.
+
+    .. math::
+        S = \sum_m w_m\, D_m^{-1/2} A_m D_m^{-1/2}, \qquad h_i = (S^{L_{mm}} E_{item})_i, \qquad
+        (z_u, z^{id}_i) = \mathrm{LightGCN}_{L_{ui}}(\tilde A), \qquad y(u, i) = \langle z_u, z^{id}_i + h_i\rangle
+
+    :math:`A_m`: per-modality kNN graph (top-k by cosine, the item itself included, binary), built once and
+    frozen. :math:`\tilde A`: each training epoch, the user-item graph keeps ``1 - prune_ratio`` of its
+    edges, drawn with probability :math:`\propto 1/\sqrt{d_u d_i}` (degree-sensitive pruning), renormalised;
+    evaluation uses the full graph. Loss: ``BPR(z_u, z_i + h_i) + modality_bpr_weight * sum_m BPR(z_u,
+    W_m x^m_i)`` with the (fine-tuned, when ``finetune_features``) raw features projected to d.
+
+    Args:
+        embedding_dim: d (also the projection size of the features).
+        knn_k: neighbours per item in each modality's graph.
+        modality_weights: mixing weights ``w_m`` (normalised to sum 1); a modality not named gets the rest
+            shared equally; names of unused modalities are ignored. The authors: image 0.1, text 0.9.
+        n_mm_layers: propagation steps over the item-item graph.
+        n_ui_layers: LightGCN layers over the user-item graph.
+        prune_ratio: share of user-item edges dropped each epoch (the authors' ``dropout``); 0 disables.
+        modality_bpr_weight: weight of the per-modality BPR terms (the authors' ``reg_weight``).
+        finetune_features: train the raw feature matrices too (the authors' code does).
+        modalities, missing_features, cache_dir: as for the other multimodal models.
+    """
+
+    def __init__(self, dataset: RecDataset, embedding_dim: int = 64, knn_k: int = 10,
+                 modality_weights: dict[str, float] | None = None, n_mm_layers: int = 1, n_ui_layers: int = 2,
+                 prune_ratio: float = 0.8, modality_bpr_weight: float = 1e-4, finetune_features: bool = True,
+                 modalities: list[str] | None = None, missing_features: str = "error", cache_dir: str | None = None):
+        super().__init__(dataset.n_users, dataset.n_items)
+        features = item_modalities(dataset, "FREEDOM", modalities, missing_features)
+        self.modalities = list(features)
+        if not 0.0 <= prune_ratio < 1.0:
+            raise ValueError(f"prune_ratio must be in [0, 1), got {prune_ratio}")
+        self.prune_ratio = prune_ratio
+        self.modality_bpr_weight = modality_bpr_weight
+        self.n_mm_layers = n_mm_layers
+        self.train_matrix = dataset.train
+        d = embedding_dim
+
+        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
+        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.features = nn.ParameterDict({m: nn.Parameter(torch.from_numpy(x.copy()), requires_grad=finetune_features)
+                                          for m, x in features.items()})
+        self.projections = nn.ModuleDict({m: nn.Linear(x.shape[1], d) for m, x in features.items()})
+        weights = mixing_weights(self.modalities, modality_weights or {})
+        mix = sum(w * sym_normalize(cached_knn_similarity_graph(features[m], knn_k, False, cache_dir,
+                                                                f"knn-freedom-{m}"))
+                  for m, w in weights.items())
+        self.item_graph = ConstantSparse(mix)
+        self.item_graph_t = ConstantSparse(mix.T)  # the kNN graph is directed: the gradient needs S^T
+        self.propagate = LightGCNPropagation(n_ui_layers)
+        self.full_adj = ConstantSparse(normalized_bipartite_adjacency(dataset.train))
+        self.pruned_adj = self.full_adj
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        """Draw this epoch's pruned user-item graph (seeded by the run's seed and the epoch)."""
+        if self.prune_ratio > 0:
+            g = torch.Generator().manual_seed((torch.initial_seed() * 1_000_003 + epoch) % 2**63)
+            kept = degree_sensitive_pruning(self.train_matrix, 1.0 - self.prune_ratio, g)
+            self.pruned_adj = ConstantSparse(normalized_bipartite_adjacency(kept))
+
+    def forward(self) -> tuple[Tensor, Tensor]:
+        """Final (user [n_users, d], item [n_items, d]) representations; the pruned graph while training."""
+        device = self.item_emb.device
+        h = self.item_emb
+        for _ in range(self.n_mm_layers):
+            h = spmm(self.item_graph.on(device), h, self.item_graph_t.on(device))
+        adj = self.pruned_adj if self.training else self.full_adj
+        out = self.propagate(torch.cat([self.user_emb, self.item_emb]), adj.on(device))
+        return out[: self.n_users], out[self.n_users:] + h
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        users, items = self()
+        u, pos, neg = users[batch["user"]], batch["pos"], batch["neg"]
+        bpr = bpr_loss((u * items[pos]).sum(-1), (u * items[neg]).sum(-1))
+        out = {"bpr": bpr}
+        modal = 0.0
+        for m in self.modalities:
+            z = self.projections[m](self.features[m])
+            out[f"bpr_{m}"] = bpr_loss((u * z[pos]).sum(-1), (u * z[neg]).sum(-1))
+            modal = modal + out[f"bpr_{m}"]
+        out["loss"] = bpr + self.modality_bpr_weight * modal
+        return out
+
+    @torch.no_grad()
+    def scorer(self) -> Scorer:
+        return EmbeddingScorer(*self())
+
+
+def mixing_weights(modalities: list[str], given: dict[str, float]) -> dict[str, float]:
+    """Weights per modality summing to 1: the ``given`` ones, the rest shared equally by the others. Weights
+    of modalities the model does not use are ignored (one config serves text-only and text+image data)."""
+    given = {m: w for m, w in given.items() if m in modalities}
+    if any(w < 0 for w in given.values()):
+        raise ValueError(f"modality_weights must be >= 0, got {given}")
+    rest = [m for m in modalities if m not in given]
+    left = 1.0 - sum(given.values())
+    if rest and left < 0:
+        raise ValueError(f"modality_weights {given} leave nothing for {rest}")
+    w = {m: float(given.get(m, left / len(rest) if rest else 0.0)) for m in modalities}
+    total = sum(w.values())
+    if total <= 0:
+        raise ValueError(f"modality_weights must not all be 0: {given}")
+    return {m: v / total for m, v in w.items()}

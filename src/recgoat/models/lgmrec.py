@@ -1,0 +1,135 @@
+"""LGMRec (Guo et al., AAAI 2024): local graph embeddings plus global hypergraph embeddings."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from recgoat.data import RecDataset
+from recgoat.graphs import normalized_bipartite_adjacency
+from recgoat.models.base import EmbeddingScorer, Recommender, Scorer
+from recgoat.models.inputs import item_modalities
+from recgoat.nn import ConstantSparse, LightGCNPropagation, bpr_loss, embedding_norm_penalty, spmm
+
+
+class LGMRec(Recommender):
+    r"""LGMRec on the narrow model API.
+
+    .. math::
+        E^{cge} &= \mathrm{LightGCN}_{L_{ui}}(E^{id}) \quad\text{(collaborative graph embedding)} \\
+        F^m_i &= x^m_i W_m, \quad F^m_u = \tfrac{1}{|N_u|}\textstyle\sum_{i \in N_u} F^m_i, \quad
+            E^{m} = \hat A^{L_{mm}} [F^m_u; F^m_i] \quad\text{(modality graph embedding, shared ID space)} \\
+        H^m_i &= \mathrm{GumbelSoftmax}_\tau(x^m_i V_m), \quad H^m_u = \mathrm{GumbelSoftmax}_\tau(R\, x^m V_m)_u
+            \quad\text{(learnable hyperedges, } V_m: d_m \times n_{hyper}) \\
+        G^m_i &= H^m_i (H^{m\top}_i E^{cge}_{items}), \quad G^m_u = H^m_u (H^{m\top}_i E^{cge}_{items})
+            \quad\text{(global hypergraph embedding, } L_h \text{ layers)} \\
+        z &= E^{cge} + \textstyle\sum_m \mathrm{norm}(E^m) + \alpha\, \mathrm{norm}(\textstyle\sum_m G^m),
+            \qquad y(u, i) = \langle z_u, z_i \rangle
+
+    Loss: ``BPR + cl_weight * L_hcl + reg_weight * EmbLoss(z_u, z_pos, z_neg)``; ``L_hcl`` contrasts the
+    hypergraph embeddings of each pair of modalities (users of the batch against all users, positive items
+    against all items, summed over the batch, temperature ``tau``). Hyperedge dropout (``1 - keep_rate``) and
+    Gumbel noise apply in training; evaluation uses the noise-free softmax so rankings are deterministic.
+    (The released code assigns the text user-hyperedges to the image ones; here each modality keeps its own.)
+
+    Args:
+        embedding_dim: d (also the modality projection size).
+        n_ui_layers, n_mm_layers, n_hyper_layer: propagation depths of the three parts.
+        hyper_num: number of hyperedges per modality.
+        keep_rate: hyperedge dropout keep probability.
+        alpha: weight of the global embedding.
+        cl_weight, reg_weight, tau: loss weights and temperature.
+    """
+
+    def __init__(self, dataset: RecDataset, embedding_dim: int = 64, n_ui_layers: int = 2, n_mm_layers: int = 2,
+                 n_hyper_layer: int = 1, hyper_num: int = 4, keep_rate: float = 0.5, alpha: float = 0.3,
+                 cl_weight: float = 1e-4, reg_weight: float = 1e-6, tau: float = 0.2,
+                 modalities: list[str] | None = None, missing_features: str = "error"):
+        super().__init__(dataset.n_users, dataset.n_items)
+        features = item_modalities(dataset, "LGMRec", modalities, missing_features)
+        self.modalities = list(features)
+        self.n_mm_layers, self.n_hyper_layer = n_mm_layers, n_hyper_layer
+        self.keep_rate, self.alpha, self.cl_weight, self.reg_weight, self.tau = (
+            keep_rate, alpha, cl_weight, reg_weight, tau)
+        d = embedding_dim
+
+        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
+        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        for m, x in features.items():
+            self.register_buffer(f"x_{m}", torch.from_numpy(x), persistent=False)
+        self.projections = nn.ParameterDict({m: nn.Parameter(nn.init.xavier_uniform_(torch.empty(x.shape[1], d)))
+                                             for m, x in features.items()})
+        self.hyperedges = nn.ParameterDict({m: nn.Parameter(nn.init.xavier_uniform_(
+            torch.empty(x.shape[1], hyper_num))) for m, x in features.items()})
+
+        adj = normalized_bipartite_adjacency(dataset.train)
+        self.adj = ConstantSparse(adj)
+        r = sp.csr_matrix(dataset.train, dtype=np.float32)
+        self.r, self.r_t = ConstantSparse(r), ConstantSparse(r.T)
+        deg = np.maximum(np.asarray(r.sum(axis=1)).ravel(), 1.0)
+        r_mean = sp.diags(1.0 / deg).astype(np.float32) @ r                  # mean over the user's items
+        self.r_mean, self.r_mean_t = ConstantSparse(r_mean), ConstantSparse(r_mean.T)
+        self.propagate = LightGCNPropagation(n_ui_layers)
+
+    def _assign(self, logits: Tensor) -> Tensor:
+        """Soft hyperedge memberships: Gumbel-softmax (training, with dropout) or softmax (evaluation)."""
+        if self.training:
+            return F.dropout(F.gumbel_softmax(logits, tau=self.tau, dim=1, hard=False), 1 - self.keep_rate)
+        return torch.softmax(logits / self.tau, dim=1)
+
+    def representations(self) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
+        """``z`` ``[n_users + n_items, d]`` and the hypergraph embeddings ``{m: (users, items)}``."""
+        device = self.item_emb.device
+        adj = self.adj.on(device)
+        cge = self.propagate(torch.cat([self.user_emb, self.item_emb]), adj)
+        cge_items = cge[self.n_users:]
+        local, hyper = cge, {}
+        for m in self.modalities:
+            x = getattr(self, f"x_{m}")
+            items = x @ self.projections[m]                                                      # [I, d]
+            h = torch.cat([spmm(self.r_mean.on(device), items, self.r_mean_t.on(device)), items])
+            for _ in range(self.n_mm_layers):
+                h = spmm(adj, h)
+            local = local + F.normalize(h, dim=1)
+            item_logits = x @ self.hyperedges[m]                                                 # [I, n_hyper]
+            user_logits = spmm(self.r.on(device), item_logits, self.r_t.on(device))              # [U, n_hyper]
+            hi, hu = self._assign(item_logits), self._assign(user_logits)
+            gi = cge_items
+            for _ in range(self.n_hyper_layer):
+                latent = hi.T @ gi                                                               # [n_hyper, d]
+                gi, gu = hi @ latent, hu @ latent
+            hyper[m] = (gu, gi)
+        global_ = sum(torch.cat(hyper[m]) for m in self.modalities)
+        return local + self.alpha * F.normalize(global_, dim=1), hyper
+
+    def forward(self) -> tuple[Tensor, Tensor]:
+        z, _ = self.representations()
+        return z[: self.n_users], z[self.n_users:]
+
+    def hypergraph_contrast(self, hyper: dict[str, tuple[Tensor, Tensor]], users: Tensor, items: Tensor) -> Tensor:
+        """Sum over modality pairs ``(a, b)`` of InfoNCE from ``a``'s to ``b``'s hypergraph embeddings (users
+        of the batch against all users, items against all items), summed over the batch."""
+        total = users.new_zeros((), dtype=torch.float32)
+        for a, b in itertools.combinations(self.modalities, 2):
+            for side, idx in ((0, users), (1, items)):
+                anchor = F.normalize(hyper[a][side][idx], dim=1)
+                logits = anchor @ F.normalize(hyper[b][side], dim=1).T / self.tau               # [B, n]
+                total = total + F.cross_entropy(logits, idx, reduction="sum")
+        return total
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        z, hyper = self.representations()
+        users, pos, neg = batch["user"], batch["pos"], batch["neg"]
+        u, p, n = z[users], z[pos + self.n_users], z[neg + self.n_users]
+        bpr = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
+        reg = embedding_norm_penalty(u, p, n)
+        hcl = self.hypergraph_contrast(hyper, users, pos)
+        return {"loss": bpr + self.cl_weight * hcl + self.reg_weight * reg, "bpr": bpr, "reg": reg, "hcl": hcl}
+
+    @torch.no_grad()
+    def scorer(self) -> Scorer:
+        return EmbeddingScorer(*self())

@@ -1,0 +1,109 @@
+"""MGCN (Yu et al., ACM MM 2023): multi-view graph convolution with behaviour-guided purification."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from recgoat.data import RecDataset
+from recgoat.graphs import normalized_bipartite_adjacency, sym_normalize
+from recgoat.graphs.knn import cached_knn_similarity_graph
+from recgoat.models.base import EmbeddingScorer, Recommender, Scorer
+from recgoat.models.inputs import item_modalities
+from recgoat.nn import ConstantSparse, LightGCNPropagation, bpr_loss, info_nce, spmm
+
+
+class MGCN(Recommender):
+    r"""MGCN on the narrow model API.
+
+    .. math::
+        \dot E^m_i &= E^{id}_i \odot \sigma(W_2^m (W_1^m x^m_i + b^m) + b_2^m)
+            \quad\text{(behaviour-guided purifier)} \\
+        \bar E^m_i &= (S_m^{L} \dot E^m)_i, \quad \bar E^m_u = (\hat R \bar E^m)_u
+            \quad\text{(item-item view; } S_m \text{ weighted kNN, user side by the normalised } \hat R) \\
+        E^{ui} &= \mathrm{LightGCN}_{L_{ui}}(E^{id}) \quad\text{(user-item view)} \\
+        \alpha_m &= \mathrm{softmax}_m(q^\top \tanh(W_q \bar E^m + b_q)), \quad
+            E^{c} = \textstyle\sum_m \alpha_m \bar E^m, \quad
+            \tilde E^m = \sigma(W_p^m E^{ui} + b_p^m) \odot (\bar E^m - E^{c}) \\
+        E^{side} &= \tfrac{1}{M+1}\big(E^{c} + \textstyle\sum_m \tilde E^m\big), \qquad
+            z = E^{ui} + E^{side}, \qquad y(u, i) = \langle z_u, z_i \rangle
+
+    Loss: ``BPR + reg_weight * (||z_u||^2 + ||z_pos||^2 + ||z_neg||^2) / (2B) + cl_weight * (InfoNCE(E^side_i,
+    E^ui_i) + InfoNCE(E^side_u, E^ui_u))`` over the batch's positive items and users, temperature 0.2.
+
+    Args:
+        embedding_dim: d.
+        knn_k: neighbours per item in each modality's similarity-weighted kNN graph (item itself included).
+        n_layers: propagation steps over each item-item graph.
+        n_ui_layers: LightGCN layers over the user-item graph.
+        reg_weight: weight of the squared-norm penalty of the final embeddings.
+        cl_weight: weight of the self-supervised term (the authors' ``cl_loss``).
+        tau: InfoNCE temperature.
+        finetune_features: train the raw feature matrices too (the authors' code does).
+    """
+
+    def __init__(self, dataset: RecDataset, embedding_dim: int = 64, knn_k: int = 10, n_layers: int = 1,
+                 n_ui_layers: int = 2, reg_weight: float = 1e-4, cl_weight: float = 0.01, tau: float = 0.2,
+                 finetune_features: bool = True, modalities: list[str] | None = None,
+                 missing_features: str = "error", cache_dir: str | None = None):
+        super().__init__(dataset.n_users, dataset.n_items)
+        features = item_modalities(dataset, "MGCN", modalities, missing_features)
+        self.modalities = list(features)
+        self.reg_weight, self.cl_weight, self.tau, self.n_layers = reg_weight, cl_weight, tau, n_layers
+        d = embedding_dim
+
+        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
+        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.features = nn.ParameterDict({m: nn.Parameter(torch.from_numpy(x.copy()), requires_grad=finetune_features)
+                                          for m, x in features.items()})
+        self.projections = nn.ModuleDict({m: nn.Linear(x.shape[1], d) for m, x in features.items()})
+        self.purifiers = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in self.modalities})
+        self.preferences = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in self.modalities})
+        self.query_common = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
+
+        self.item_graphs, self.item_graphs_t = {}, {}
+        for m, x in features.items():
+            s = sym_normalize(cached_knn_similarity_graph(x, knn_k, True, cache_dir, f"knn-mgcn-{m}"))
+            self.item_graphs[m], self.item_graphs_t[m] = ConstantSparse(s), ConstantSparse(s.T)
+        adj = normalized_bipartite_adjacency(dataset.train)
+        self.adj = ConstantSparse(adj)
+        r = adj[: self.n_users, self.n_users:]
+        self.r_hat, self.r_hat_t = ConstantSparse(r), ConstantSparse(r.T)
+        self.propagate = LightGCNPropagation(n_ui_layers)
+
+    def views(self) -> tuple[Tensor, Tensor]:
+        """``(E^ui, E^side)``, each ``[n_users + n_items, d]`` (users first)."""
+        device = self.item_emb.device
+        content = self.propagate(torch.cat([self.user_emb, self.item_emb]), self.adj.on(device))
+        per_modality = []
+        for m in self.modalities:
+            items = self.item_emb * self.purifiers[m](self.projections[m](self.features[m]))    # [I, d]
+            for _ in range(self.n_layers):
+                items = spmm(self.item_graphs[m].on(device), items, self.item_graphs_t[m].on(device))
+            users = spmm(self.r_hat.on(device), items, self.r_hat_t.on(device))                 # [U, d]
+            per_modality.append(torch.cat([users, items]))
+        stacked = torch.stack(per_modality, dim=1)                                              # [N, M, d]
+        attention = torch.softmax(self.query_common(stacked), dim=1)                            # [N, M, 1]
+        common = (attention * stacked).sum(1)                                                   # [N, d]
+        specific = sum(self.preferences[m](content) * (stacked[:, j] - common)
+                       for j, m in enumerate(self.modalities))
+        side = (common + specific) / (len(self.modalities) + 1)
+        return content, side
+
+    def forward(self) -> tuple[Tensor, Tensor]:
+        content, side = self.views()
+        z = content + side
+        return z[: self.n_users], z[self.n_users:]
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        content, side = self.views()
+        z = content + side
+        users, pos, neg = batch["user"], batch["pos"] + self.n_users, batch["neg"] + self.n_users
+        u, p, n = z[users], z[pos], z[neg]
+        bpr = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
+        reg = 0.5 * (u.square().sum() + p.square().sum() + n.square().sum()) / len(users)
+        cl = info_nce(side[pos], content[pos], self.tau) + info_nce(side[users], content[users], self.tau)
+        return {"loss": bpr + self.reg_weight * reg + self.cl_weight * cl, "bpr": bpr, "reg": reg, "cl": cl}
+
+    @torch.no_grad()
+    def scorer(self) -> Scorer:
+        return EmbeddingScorer(*self())
