@@ -17,6 +17,11 @@ import torch
 from torch import Tensor, nn
 
 
+def id_embedding(n: int, dim: int) -> nn.Parameter:
+    """A ``[n, dim]`` ID embedding table, Xavier-uniform initialised (MMRec's choice for graph models)."""
+    return nn.Parameter(nn.init.xavier_uniform_(torch.empty(n, dim)))
+
+
 class Scorer(abc.ABC):
     """Scores users against items; what the evaluator, ``recommend`` and ``export`` consume."""
 

@@ -7,8 +7,8 @@ from torch import Tensor, nn
 from recgoat.data import RecDataset
 from recgoat.graphs import degree_sensitive_pruning, normalized_bipartite_adjacency, sym_normalize
 from recgoat.graphs.knn import cached_knn_similarity_graph
-from recgoat.models.base import EmbeddingScorer, Recommender, Scorer
-from recgoat.models.inputs import item_modalities
+from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
+from recgoat.models.inputs import feature_tables, item_modalities
 from recgoat.nn import ConstantSparse, LightGCNPropagation, bpr_loss, spmm
 
 
@@ -53,10 +53,9 @@ class FREEDOM(Recommender):
         self.train_matrix = dataset.train
         d = embedding_dim
 
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
-        self.features = nn.ParameterDict({m: nn.Parameter(torch.from_numpy(x.copy()), requires_grad=finetune_features)
-                                          for m, x in features.items()})
+        self.user_emb = id_embedding(self.n_users, d)
+        self.item_emb = id_embedding(self.n_items, d)
+        self.features = feature_tables(features, trainable=finetune_features)
         self.projections = nn.ModuleDict({m: nn.Linear(x.shape[1], d) for m, x in features.items()})
         weights = mixing_weights(self.modalities, modality_weights or {})
         mix = sum(w * sym_normalize(cached_knn_similarity_graph(features[m], knn_k, False, cache_dir,

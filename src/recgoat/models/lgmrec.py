@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from recgoat.data import RecDataset
 from recgoat.graphs import normalized_bipartite_adjacency
-from recgoat.models.base import EmbeddingScorer, Recommender, Scorer
+from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
 from recgoat.models.inputs import item_modalities
 from recgoat.nn import ConstantSparse, LightGCNPropagation, bpr_loss, embedding_norm_penalty, spmm
 
@@ -57,8 +57,8 @@ class LGMRec(Recommender):
             keep_rate, alpha, cl_weight, reg_weight, tau)
         d = embedding_dim
 
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_emb = id_embedding(self.n_users, d)
+        self.item_emb = id_embedding(self.n_items, d)
         for m, x in features.items():
             self.register_buffer(f"x_{m}", torch.from_numpy(x), persistent=False)
         self.projections = nn.ParameterDict({m: nn.Parameter(nn.init.xavier_uniform_(torch.empty(x.shape[1], d)))

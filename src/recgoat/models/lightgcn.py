@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from recgoat.data import RecDataset
 from recgoat.graphs import normalized_bipartite_adjacency
-from recgoat.models.base import EmbeddingScorer, Recommender, Scorer
+from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
 from recgoat.nn import ConstantSparse, LightGCNPropagation, bpr_loss, embedding_norm_penalty
 
 
@@ -25,8 +25,8 @@ class LightGCN(Recommender):
     def __init__(self, dataset: RecDataset, embedding_dim: int = 64, n_layers: int = 3, reg_weight: float = 1e-4):
         super().__init__(dataset.n_users, dataset.n_items)
         self.reg_weight = reg_weight
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, embedding_dim)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, embedding_dim)))
+        self.user_emb = id_embedding(self.n_users, embedding_dim)
+        self.item_emb = id_embedding(self.n_items, embedding_dim)
         self.propagate = LightGCNPropagation(n_layers)
         # derived from the data, rebuilt on load: not a buffer (DDP cannot broadcast sparse tensors)
         self.adj = ConstantSparse(normalized_bipartite_adjacency(dataset.train))

@@ -22,7 +22,7 @@ from recgoat.data import DataError, RecDataset
 from recgoat.graphs import normalized_bipartite_adjacency
 from recgoat.graphs.cache import cached_sparse
 from recgoat.graphs.knn import KNN_BUILDER_VERSION, edge_index, knn_adjacency
-from recgoat.models.base import EmbeddingScorer, Recommender, Scorer
+from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
 from recgoat.models.inputs import fill_missing_rows, item_modalities
 from recgoat.nn import (
     AdaptiveFusion,
@@ -96,8 +96,8 @@ class RecGOAT(Recommender):
         self.reg_weight = reg_weight
         d = embedding_dim
 
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_emb = id_embedding(self.n_users, d)
+        self.item_emb = id_embedding(self.n_items, d)
         self.propagate = lightgcn_propagation(backend, n_layers)
         self.adj = ConstantSparse(normalized_bipartite_adjacency(dataset.train))  # not a buffer: see ConstantSparse
 
