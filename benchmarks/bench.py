@@ -137,12 +137,14 @@ def bench_train(dataset, name: str, epochs: int, cache_dir: str) -> dict:
     out = {"model": name, "epoch_s": float(np.mean(steady)), "epochs_timed": len(steady), "build_s": build_s,
            "peak_rss_mb": mem.peak_mb}
     if name == "recgoat":
-        out["oat_share"] = oat_share(model, dataset)
+        out["scope_shares"] = scope_shares(model, dataset)
+        out["oat_share"] = sum(out["scope_shares"][k] for k in OAT_SCOPES)
     return out
 
 
-def oat_share(model, dataset, steps: int = 3) -> float:
-    """Share of a training step's wall time (forward + backward) spent in the OAT scopes' forward."""
+def scope_shares(model, dataset, steps: int = 3) -> dict[str, float]:
+    """Share of a training step's wall time (forward + backward + update) spent in each ``recgoat.*``
+    profiler scope's forward (user branch, LightGCN, item branches, OAT map, OAT W1)."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     batches = iter(BPRBatches(dataset, 2048, seed=0, epoch_fn=lambda: 0))
     model.train()
@@ -154,8 +156,8 @@ def oat_share(model, dataset, steps: int = 3) -> float:
             loss.backward()
             opt.step()
     total = time.perf_counter() - t
-    in_oat = sum(e.cpu_time_total for e in prof.key_averages() if e.key in OAT_SCOPES) / 1e6
-    return in_oat / total
+    shares = {e.key: e.cpu_time_total / 1e6 / total for e in prof.key_averages() if e.key.startswith("recgoat.")}
+    return {k: shares.get(k, 0.0) for k in sorted({*shares, *OAT_SCOPES})}
 
 
 def bench_recommend(dataset, k: int = 20) -> dict:
@@ -198,6 +200,10 @@ def main() -> None:
         share = f"{100 * r['oat_share']:.1f}%" if "oat_share" in r else "-"
         print(f"| {r['model']} | {r['epoch_s']:.2f} | {ratio} | {r['build_s']:.1f} | {r['peak_rss_mb']:.0f} "
               f"| {share} |")
+    for r in rows:
+        if "scope_shares" in r:
+            parts = ", ".join(f"{k.removeprefix('recgoat.')} {100 * v:.1f}%" for k, v in r["scope_shares"].items())
+            print(f"\n{r['model']}: share of a training step's wall time in each forward scope: {parts}")
     rec = bench_recommend(dataset)
     print("\n## recommend: top-20 for every user (LightGCN, batch 1024 users)")
     print("| users | seconds | peak RSS increase MB |")
