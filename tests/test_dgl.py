@@ -143,3 +143,20 @@ def test_short_recgoat_training_gives_the_same_metrics_under_both_backends(tmp_p
             assert results["dgl"][split][metric] == pytest.approx(value, abs=1e-4), (split, metric)
     for a, b in zip(results["pyg"]["valid_history"], results["dgl"]["valid_history"], strict=True):
         assert b["recall@20"] == pytest.approx(a["recall@20"], abs=1e-4)
+
+
+@needs_dgl
+@pytest.mark.parametrize("name", ["lightgcn", "freedom", "mgcn", "lgmrec"])
+def test_every_lightgcn_model_scores_the_same_under_both_backends(tiny_synthetic, tmp_path, name):
+    from recgoat.models import FREEDOM, MGCN, LGMRec, LightGCN
+
+    cls = {"lightgcn": LightGCN, "freedom": FREEDOM, "mgcn": MGCN, "lgmrec": LGMRec}[name]
+    kwargs = {"cache_dir": str(tmp_path), "knn_k": 5} if name in ("freedom", "mgcn") else {}
+    torch.manual_seed(0)
+    pyg = cls(tiny_synthetic, **kwargs).eval()
+    torch.manual_seed(0)
+    dgl_model = cls(tiny_synthetic, encoder={"backend": "dgl"}, **kwargs).eval()
+    for name_, value in pyg.state_dict().items():   # same seed, same initial weights
+        torch.testing.assert_close(dgl_model.state_dict()[name_], value, rtol=0, atol=0)
+    users = torch.arange(tiny_synthetic.n_users)
+    torch.testing.assert_close(dgl_model.scorer().score(users), pyg.scorer().score(users), **TOL)

@@ -9,7 +9,8 @@ from recgoat.graphs import degree_sensitive_pruning, normalized_bipartite_adjace
 from recgoat.graphs.knn import cached_knn_similarity_graph
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
 from recgoat.models.inputs import feature_tables, item_modalities
-from recgoat.nn import ConstantSparse, LightGCNPropagation, bpr_loss, spmm
+from recgoat.nn import ConstantSparse, bpr_loss, spmm
+from recgoat.nn.backends import graph_backend, lightgcn_propagation
 
 
 class FREEDOM(Recommender):
@@ -36,12 +37,14 @@ class FREEDOM(Recommender):
         modality_bpr_weight: weight of the per-modality BPR terms (the authors' ``reg_weight``).
         finetune_features: train the raw feature matrices too (the authors' code does).
         modalities, missing_features, cache_dir: as for the other multimodal models.
+        encoder: ``{backend: pyg|dgl}``, the graph library of the LightGCN layers.
     """
 
     def __init__(self, dataset: RecDataset, embedding_dim: int = 64, knn_k: int = 10,
                  modality_weights: dict[str, float] | None = None, n_mm_layers: int = 1, n_ui_layers: int = 2,
                  prune_ratio: float = 0.8, modality_bpr_weight: float = 1e-4, finetune_features: bool = True,
-                 modalities: list[str] | None = None, missing_features: str = "error", cache_dir: str | None = None):
+                 modalities: list[str] | None = None, missing_features: str = "error", encoder: dict | None = None,
+                 cache_dir: str | None = None):
         super().__init__(dataset.n_users, dataset.n_items)
         features = item_modalities(dataset, "FREEDOM", modalities, missing_features)
         self.modalities = list(features)
@@ -63,7 +66,7 @@ class FREEDOM(Recommender):
                   for m, w in weights.items())
         self.item_graph = ConstantSparse(mix)
         self.item_graph_t = ConstantSparse(mix.T)  # the kNN graph is directed: the gradient needs S^T
-        self.propagate = LightGCNPropagation(n_ui_layers)
+        self.propagate = lightgcn_propagation(graph_backend(encoder), n_ui_layers)
         self.full_adj = ConstantSparse(normalized_bipartite_adjacency(dataset.train))
         self.pruned_adj = self.full_adj
 

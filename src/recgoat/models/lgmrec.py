@@ -13,7 +13,8 @@ from recgoat.data import RecDataset
 from recgoat.graphs import normalized_bipartite_adjacency
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
 from recgoat.models.inputs import item_modalities
-from recgoat.nn import ConstantSparse, LightGCNPropagation, bpr_loss, embedding_norm_penalty, spmm
+from recgoat.nn import ConstantSparse, bpr_loss, embedding_norm_penalty, spmm
+from recgoat.nn.backends import graph_backend, lightgcn_propagation
 
 
 class LGMRec(Recommender):
@@ -43,12 +44,13 @@ class LGMRec(Recommender):
         keep_rate: hyperedge dropout keep probability.
         alpha: weight of the global embedding.
         cl_weight, reg_weight, tau: loss weights and temperature.
+        encoder: ``{backend: pyg|dgl}``, the graph library of the LightGCN layers.
     """
 
     def __init__(self, dataset: RecDataset, embedding_dim: int = 64, n_ui_layers: int = 2, n_mm_layers: int = 2,
                  n_hyper_layer: int = 1, hyper_num: int = 4, keep_rate: float = 0.5, alpha: float = 0.3,
                  cl_weight: float = 1e-4, reg_weight: float = 1e-6, tau: float = 0.2,
-                 modalities: list[str] | None = None, missing_features: str = "error"):
+                 modalities: list[str] | None = None, missing_features: str = "error", encoder: dict | None = None):
         super().__init__(dataset.n_users, dataset.n_items)
         features = item_modalities(dataset, "LGMRec", modalities, missing_features)
         self.modalities = list(features)
@@ -73,7 +75,7 @@ class LGMRec(Recommender):
         deg = np.maximum(np.asarray(r.sum(axis=1)).ravel(), 1.0)
         r_mean = sp.diags(1.0 / deg).astype(np.float32) @ r                  # mean over the user's items
         self.r_mean, self.r_mean_t = ConstantSparse(r_mean), ConstantSparse(r_mean.T)
-        self.propagate = LightGCNPropagation(n_ui_layers)
+        self.propagate = lightgcn_propagation(graph_backend(encoder), n_ui_layers)
 
     def _assign(self, logits: Tensor) -> Tensor:
         """Soft hyperedge memberships: Gumbel-softmax (training, with dropout) or softmax (evaluation)."""

@@ -7,7 +7,8 @@ from torch import Tensor
 from recgoat.data import RecDataset
 from recgoat.graphs import normalized_bipartite_adjacency
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
-from recgoat.nn import ConstantSparse, LightGCNPropagation, bpr_loss, embedding_norm_penalty
+from recgoat.nn import ConstantSparse, bpr_loss, embedding_norm_penalty
+from recgoat.nn.backends import graph_backend, lightgcn_propagation
 
 
 class LightGCN(Recommender):
@@ -20,14 +21,16 @@ class LightGCN(Recommender):
         embedding_dim: d.
         n_layers: L.
         reg_weight: weight of the ego-embedding penalty.
+        encoder: ``{backend: pyg|dgl}``, the graph library of the propagation (:mod:`recgoat.nn.backends`).
     """
 
-    def __init__(self, dataset: RecDataset, embedding_dim: int = 64, n_layers: int = 3, reg_weight: float = 1e-4):
+    def __init__(self, dataset: RecDataset, embedding_dim: int = 64, n_layers: int = 3, reg_weight: float = 1e-4,
+                 encoder: dict | None = None):
         super().__init__(dataset.n_users, dataset.n_items)
         self.reg_weight = reg_weight
         self.user_emb = id_embedding(self.n_users, embedding_dim)
         self.item_emb = id_embedding(self.n_items, embedding_dim)
-        self.propagate = LightGCNPropagation(n_layers)
+        self.propagate = lightgcn_propagation(graph_backend(encoder), n_layers)
         # derived from the data, rebuilt on load: not a buffer (DDP cannot broadcast sparse tensors)
         self.adj = ConstantSparse(normalized_bipartite_adjacency(dataset.train))
 

@@ -36,7 +36,7 @@ from recgoat.nn import (
     cmcl_loss,
     embedding_norm_penalty,
 )
-from recgoat.nn.backends import check_backend, lightgcn_propagation
+from recgoat.nn.backends import graph_backend, lightgcn_propagation
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class RecGOAT(Recommender):
                  oat_w1: dict | None = None, fusion: dict | None = None, encoder: dict | None = None,
                  missing_features: str = "error", cache_dir: str | None = None):
         super().__init__(dataset.n_users, dataset.n_items)
-        backend = check_backend(dict(encoder or {}).get("backend", "pyg"))  # fails now if DGL is missing
+        backend = graph_backend(encoder)  # fails now, at start-up, if DGL is selected and missing
         item_encoder = {**(item_encoder or {}), "backend": backend}
         user_encoder = {**(user_encoder or {}), "backend": backend}
         self.cmcl_cfg = {"weight": 0.032, "tau": 0.2, **(cmcl or {})}

@@ -34,6 +34,11 @@ def check_backend(backend: str) -> str:
     return backend
 
 
+def graph_backend(encoder: dict | None) -> str:
+    """The backend named by a model's ``encoder`` config (``{backend: pyg|dgl}``; default ``pyg``), checked."""
+    return check_backend(dict(encoder or {}).get("backend", "pyg"))
+
+
 def gat_conv(backend: str, in_channels: int, out_channels: int, heads: int, negative_slope: float,
              dropout: float) -> nn.Module:
     """One multi-head graph-attention layer (``heads x out_channels`` outputs, concatenated)."""
