@@ -9,7 +9,7 @@ from recgoat.graphs import degree_sensitive_pruning, normalized_bipartite_adjace
 from recgoat.graphs.knn import cached_knn_similarity_graph
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
 from recgoat.models.inputs import feature_tables, item_modalities
-from recgoat.nn import ConstantSparse, bpr_loss, spmm
+from recgoat.nn import ConstantSparse, SparseOperator, bpr_loss
 from recgoat.nn.backends import graph_backend, lightgcn_propagation
 
 
@@ -64,8 +64,7 @@ class FREEDOM(Recommender):
         mix = sum(w * sym_normalize(cached_knn_similarity_graph(features[m], knn_k, False, cache_dir,
                                                                 f"knn-freedom-{m}"))
                   for m, w in weights.items())
-        self.item_graph = ConstantSparse(mix)
-        self.item_graph_t = ConstantSparse(mix.T)  # the kNN graph is directed: the gradient needs S^T
+        self.item_graph = SparseOperator(mix)  # directed kNN graph
         self.propagate = lightgcn_propagation(graph_backend(encoder), n_ui_layers)
         self.full_adj = ConstantSparse(normalized_bipartite_adjacency(dataset.train))
         self.pruned_adj = self.full_adj
@@ -82,7 +81,7 @@ class FREEDOM(Recommender):
         device = self.item_emb.device
         h = self.item_emb
         for _ in range(self.n_mm_layers):
-            h = spmm(self.item_graph.on(device), h, self.item_graph_t.on(device))
+            h = self.item_graph(h)
         adj = self.pruned_adj if self.training else self.full_adj
         out = self.propagate(torch.cat([self.user_emb, self.item_emb]), adj.on(device))
         return out[: self.n_users], out[self.n_users:] + h

@@ -13,7 +13,7 @@ from recgoat.data import RecDataset
 from recgoat.graphs import normalized_bipartite_adjacency
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
 from recgoat.models.inputs import item_modalities
-from recgoat.nn import ConstantSparse, bpr_loss, embedding_norm_penalty, spmm
+from recgoat.nn import ConstantSparse, SparseOperator, bpr_loss, embedding_norm_penalty, spmm
 from recgoat.nn.backends import graph_backend, lightgcn_propagation
 
 
@@ -71,10 +71,10 @@ class LGMRec(Recommender):
         adj = normalized_bipartite_adjacency(dataset.train)
         self.adj = ConstantSparse(adj)
         r = sp.csr_matrix(dataset.train, dtype=np.float32)
-        self.r, self.r_t = ConstantSparse(r), ConstantSparse(r.T)
+        self.r = SparseOperator(r)
         deg = np.maximum(np.asarray(r.sum(axis=1)).ravel(), 1.0)
         r_mean = sp.diags(1.0 / deg).astype(np.float32) @ r                  # mean over the user's items
-        self.r_mean, self.r_mean_t = ConstantSparse(r_mean), ConstantSparse(r_mean.T)
+        self.r_mean = SparseOperator(r_mean)
         self.propagate = lightgcn_propagation(graph_backend(encoder), n_ui_layers)
 
     def _assign(self, logits: Tensor) -> Tensor:
@@ -93,12 +93,12 @@ class LGMRec(Recommender):
         for m in self.modalities:
             x = getattr(self, f"x_{m}")
             items = x @ self.projections[m]                                                      # [I, d]
-            h = torch.cat([spmm(self.r_mean.on(device), items, self.r_mean_t.on(device)), items])
+            h = torch.cat([self.r_mean(items), items])
             for _ in range(self.n_mm_layers):
                 h = spmm(adj, h)
             local = local + F.normalize(h, dim=1)
             item_logits = x @ self.hyperedges[m]                                                 # [I, n_hyper]
-            user_logits = spmm(self.r.on(device), item_logits, self.r_t.on(device))              # [U, n_hyper]
+            user_logits = self.r(item_logits)                                                    # [U, n_hyper]
             hi, hu = self._assign(item_logits), self._assign(user_logits)
             gi = cge_items
             for _ in range(self.n_hyper_layer):

@@ -9,7 +9,7 @@ from recgoat.graphs import normalized_bipartite_adjacency, sym_normalize
 from recgoat.graphs.knn import cached_knn_similarity_graph
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
 from recgoat.models.inputs import feature_tables, item_modalities
-from recgoat.nn import ConstantSparse, bpr_loss, info_nce, spmm
+from recgoat.nn import ConstantSparse, SparseOperator, bpr_loss, info_nce
 from recgoat.nn.backends import graph_backend, lightgcn_propagation
 
 
@@ -61,14 +61,14 @@ class MGCN(Recommender):
         self.preferences = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in self.modalities})
         self.query_common = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
 
-        self.item_graphs, self.item_graphs_t = {}, {}
+        self.item_graphs = {}
         for m, x in features.items():
             s = sym_normalize(cached_knn_similarity_graph(x, knn_k, True, cache_dir, f"knn-mgcn-{m}"))
-            self.item_graphs[m], self.item_graphs_t[m] = ConstantSparse(s), ConstantSparse(s.T)
+            self.item_graphs[m] = SparseOperator(s)  # directed kNN graph
         adj = normalized_bipartite_adjacency(dataset.train)
         self.adj = ConstantSparse(adj)
         r = adj[: self.n_users, self.n_users:]
-        self.r_hat, self.r_hat_t = ConstantSparse(r), ConstantSparse(r.T)
+        self.r_hat = SparseOperator(r)
         self.propagate = lightgcn_propagation(graph_backend(encoder), n_ui_layers)
 
     def views(self) -> tuple[Tensor, Tensor]:
@@ -79,8 +79,8 @@ class MGCN(Recommender):
         for m in self.modalities:
             items = self.item_emb * self.purifiers[m](self.projections[m](self.features[m]))    # [I, d]
             for _ in range(self.n_layers):
-                items = spmm(self.item_graphs[m].on(device), items, self.item_graphs_t[m].on(device))
-            users = spmm(self.r_hat.on(device), items, self.r_hat_t.on(device))                 # [U, d]
+                items = self.item_graphs[m](items)
+            users = self.r_hat(items)                                                           # [U, d]
             per_modality.append(torch.cat([users, items]))
         stacked = torch.stack(per_modality, dim=1)                                              # [N, M, d]
         attention = torch.softmax(self.query_common(stacked), dim=1)                            # [N, M, 1]

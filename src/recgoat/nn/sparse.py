@@ -68,3 +68,16 @@ def spmm(adj: Tensor, x: Tensor, adj_t: Tensor | None = None) -> Tensor:
     ``adj_t`` (the transpose, CSR) is needed for the gradient; omit it when ``adj`` is symmetric.
     """
     return _SparseMatmul.apply(adj, adj if adj_t is None else adj_t, x)
+
+
+class SparseOperator:
+    """A constant, not necessarily symmetric sparse matrix ``A`` (e.g. a directed kNN graph, or the
+    user x item block of a graph) applied as ``A @ x``; it keeps ``A^T`` for the gradient."""
+
+    def __init__(self, m: sp.spmatrix):
+        self.matrix = ConstantSparse(m)
+        self.transpose = ConstantSparse(sp.csr_matrix(m).T)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        # x: [m, d] -> [n, d]
+        return spmm(self.matrix.on(x.device), x, self.transpose.on(x.device))
