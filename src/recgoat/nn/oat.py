@@ -99,23 +99,31 @@ class DimensionTransport(nn.Module):
         else:
             f, g = self.solver(zm.T.contiguous(), zid.T.contiguous())     # same cost, via self._cost
             f, g = f.reshape(d_m), g.reshape(d_id)
-        log_a = torch.full((d_m,), -math.log(d_m), dtype=cost.dtype, device=zm.device)
-        log_b = torch.full((d_id,), -math.log(d_id), dtype=cost.dtype, device=zm.device)
+        # log-domain Sinkhorn in units of eps: F = f/eps, G = g/eps, K = -C/eps (all [d] or [d, d])
+        log_a = -math.log(d_m)
+        log_b = -math.log(d_id)
+        neg_k = -cost / self.eps
+        big_f, big_g = f / self.eps, g / self.eps
 
-        def log_plan() -> torch.Tensor:
-            return log_a[:, None] + log_b[None, :] + (f[:, None] + g[None, :] - cost) / self.eps
+        def g_update(big_f: Tensor) -> Tensor:
+            return -torch.logsumexp(log_a + big_f[:, None] + neg_k, dim=0)
 
+        # After an f-update the rows are exact; the columns then sum to b * exp(G - G'), where G' is the
+        # next g-update, so the marginal check costs nothing extra: stop when |exp(G - G') - 1| < tol
+        # (the plan's columns are d_id * b = 1 in the returned scale).
         self.last_iters = 0
+        big_g_next = g_update(big_f)
         while self.last_iters < self.max_refine_iters:
-            # the f-update makes rows exact; stop once columns hold too
-            g = -self.eps * torch.logsumexp(log_a[:, None] + (f[:, None] - cost) / self.eps, dim=0)
-            f = -self.eps * torch.logsumexp(log_b[None, :] + (g[None, :] - cost) / self.eps, dim=1)
+            big_g = big_g_next
+            big_f = -torch.logsumexp(log_b + big_g[None, :] + neg_k, dim=1)
+            big_g_next = g_update(big_f)
             self.last_iters += 1
-            if (log_plan().exp().sum(0) * d_id - 1).abs().max() < self.tol:
+            if (big_g - big_g_next).exp().sub(1).abs().max() < self.tol:
                 break
         if key is not None:
-            self._potentials[key] = (f, g)
-        return (log_plan().exp() * d_m).float()
+            self._potentials[key] = (big_f * self.eps, big_g * self.eps)
+        log_plan = log_a + log_b + big_f[:, None] + big_g[None, :] + neg_k
+        return (log_plan.exp() * d_m).float()
 
 
 class AdaptiveTransportMap(nn.Module):
