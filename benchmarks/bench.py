@@ -144,7 +144,7 @@ def bench_train(dataset, name: str, epochs: int, cache_dir: str) -> dict:
 
 def scope_shares(model, dataset, steps: int = 3) -> dict[str, float]:
     """Share of a training step's wall time (forward + backward + update) spent in each ``recgoat.*``
-    profiler scope's forward (user branch, LightGCN, item branches, OAT map, OAT W1)."""
+    profiler scope's forward (user branch, ID branch, item branches, OAT map, OAT W1)."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     batches = iter(BPRBatches(dataset, 2048, seed=0, epoch_fn=lambda: 0))
     model.train()

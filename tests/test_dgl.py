@@ -117,10 +117,11 @@ def test_lightgcn_propagation_outputs_and_gradients_match(tiny_synthetic):
 
 
 @needs_dgl
-def test_recgoat_checkpoint_loads_under_either_backend_and_scores_the_same(tiny_synthetic, tmp_path):
+@pytest.mark.parametrize("ui", ["lightgcn", "attention"])
+def test_recgoat_checkpoint_loads_under_either_backend_and_scores_the_same(tiny_synthetic, tmp_path, ui):
     torch.manual_seed(0)
     kwargs = {"embedding_dim": 16, "item_encoder": {"k": 5, "heads": 4}, "user_encoder": {"k": 5, "heads": 4},
-              "cache_dir": str(tmp_path)}
+              "ui_encoder": {"type": ui, "heads": 4}, "cache_dir": str(tmp_path)}
     pyg = RecGOAT(tiny_synthetic, **kwargs).eval()
     dgl_model = RecGOAT(tiny_synthetic, encoder={"backend": "dgl"}, **kwargs).eval()
     dgl_model.load_state_dict(pyg.state_dict(), strict=True)

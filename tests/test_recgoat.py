@@ -7,16 +7,19 @@ from pathlib import Path
 import numpy as np
 import ot
 import pytest
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch_geometric.nn import GATConv
 from torch_geometric.utils import scatter
 
 from recgoat.data import DataError, RecDataset
+from recgoat.graphs import bipartite_adjacency
 from recgoat.graphs.cache import cached_sparse
 from recgoat.graphs.knn import cosine_topk, edge_index, knn_adjacency
 from recgoat.models import RecGOAT
 from recgoat.nn import (
+    AttentionPropagation,
     CSRGraph,
     DimensionTransport,
     FusedGATConv,
@@ -187,10 +190,11 @@ def test_cmcl_is_the_mean_over_modalities_and_minimal_when_aligned():
 
 
 # ---- the model -------------------------------------------------------------------------------
-def test_gradients_reach_every_branch(tiny_synthetic, tmp_path):
+@pytest.mark.parametrize("ui", ["lightgcn", "attention"])
+def test_gradients_reach_every_branch(tiny_synthetic, tmp_path, ui):
     torch.manual_seed(0)
     model = RecGOAT(tiny_synthetic, embedding_dim=16, item_encoder={"k": 5, "heads": 4},
-                    user_encoder={"k": 5, "heads": 4}, cache_dir=str(tmp_path))
+                    user_encoder={"k": 5, "heads": 4}, ui_encoder={"type": ui, "heads": 4}, cache_dir=str(tmp_path))
     batch = next(iter(BPRBatches(tiny_synthetic, batch_size=64, seed=0, epoch_fn=lambda: 0)))
     out = model.loss(batch)
     assert {"bpr", "reg", "cmcl", "oat_w1", "fusion_w_id", "fusion_w_text", "fusion_w_image"} <= set(out)
@@ -199,6 +203,46 @@ def test_gradients_reach_every_branch(tiny_synthetic, tmp_path):
     assert no_grad == []
     branches = {n.split(".")[0] for n, _ in model.named_parameters()}
     assert {"user_emb", "item_emb", "encoders", "user_encoder", "oat_map", "fusion"} <= branches
+    assert ("propagate" in branches) == (ui == "attention")   # LightGCN has no parameters
+
+
+def test_attention_propagation_is_the_layer_mean_of_pyg_gatconv_layers():
+    # a bipartite graph with a cold item (no in-edges): its layer output is the bias alone
+    rng = np.random.default_rng(0)
+    n_users, n_items = 12, 9
+    rows, cols = np.nonzero(rng.random((n_users, n_items - 1)) < 0.3)
+    train = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_users, n_items))
+    ei = edge_index(bipartite_adjacency(train))
+    n = n_users + n_items
+    torch.manual_seed(0)
+    prop = AttentionPropagation(16, n_layers=2, heads=4, dropout=0.0)
+    refs = []
+    for layer in prop.layers:
+        ref = GATConv(16, 4, heads=4, add_self_loops=False)
+        ref.load_state_dict(layer.state_dict())
+        with torch.no_grad():
+            ref.bias.normal_()                                # non-zero, so the cold-item check is not vacuous
+            layer.bias.copy_(ref.bias)
+        refs.append(ref)
+    x1 = torch.randn(n, 16, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    out = prop(x1, CSRGraph(ei, n))
+    h, expected = x2, x2
+    for ref in refs:
+        h = ref(h, ei)
+        expected = expected + h
+    expected = expected / 3
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    out.pow(2).sum().backward()
+    expected.pow(2).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, atol=1e-5, rtol=1e-5)
+    cold = n_users + n_items - 1
+    torch.testing.assert_close(prop.layers[0](x1, CSRGraph(ei, n))[cold], prop.layers[0].bias)
+
+
+def test_unknown_ui_encoder_is_an_error(tiny_synthetic, tmp_path):
+    with pytest.raises(ValueError, match="ui_encoder.type must be one of .*'gcn'"):
+        RecGOAT(tiny_synthetic, ui_encoder={"type": "gcn"}, cache_dir=str(tmp_path))
 
 
 def test_ranking_scores_equal_training_scores_in_eval_mode(tiny_synthetic, tmp_path):

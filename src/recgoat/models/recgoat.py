@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from recgoat.data import DataError, RecDataset
-from recgoat.graphs import normalized_bipartite_adjacency
+from recgoat.graphs import bipartite_adjacency, normalized_bipartite_adjacency
 from recgoat.graphs.cache import cached_sparse
 from recgoat.graphs.knn import KNN_BUILDER_VERSION, edge_index, knn_adjacency
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
@@ -27,6 +27,7 @@ from recgoat.models.inputs import fill_missing_rows, item_modalities
 from recgoat.nn import (
     AdaptiveFusion,
     AdaptiveTransportMap,
+    AttentionPropagation,
     ConstantSparse,
     CSRGraph,
     DimensionTransport,
@@ -41,6 +42,7 @@ from recgoat.nn.backends import graph_backend, lightgcn_propagation
 log = logging.getLogger(__name__)
 
 FUSION_MODES = ("adaptive", "naive")
+UI_ENCODERS = ("lightgcn", "attention")
 
 
 def knn_graph(x: np.ndarray, k: int, cache_dir, builder: str) -> CSRGraph:
@@ -56,9 +58,12 @@ class RecGOAT(Recommender):
     Args:
         dataset: must have at least one item modality; user features for the user LM branch.
         embedding_dim: d.
-        n_layers: LightGCN layers over the user-item graph.
+        n_layers: propagation layers over the user-item graph.
         reg_weight: weight of the ego-embedding penalty (MMRec's EmbLoss).
         modalities: item modalities to use (default: all of the dataset's).
+        ui_encoder: ``{type: lightgcn|attention, heads, dropout, negative_slope}``: the ID branch's propagation
+            over ``G_ui``: LightGCN (default) or graph attention layers averaged the same way
+            (:class:`AttentionPropagation`, design option of method.md).
         item_encoder: ``{k, n_layers, heads, dropout, negative_slope, attention}`` per modality.
         user_encoder: ``{enabled, graph, k, n_layers, heads, dropout, negative_slope}``; ``graph=false``
             encodes user features without the user-user graph.
@@ -75,7 +80,7 @@ class RecGOAT(Recommender):
     """
 
     def __init__(self, dataset: RecDataset, embedding_dim: int = 64, n_layers: int = 3, reg_weight: float = 1e-4,
-                 modalities: list[str] | None = None, item_encoder: dict | None = None,
+                 modalities: list[str] | None = None, ui_encoder: dict | None = None, item_encoder: dict | None = None,
                  user_encoder: dict | None = None, cmcl: dict | None = None, oat_map: dict | None = None,
                  oat_w1: dict | None = None, fusion: dict | None = None, encoder: dict | None = None,
                  missing_features: str = "error", cache_dir: str | None = None):
@@ -98,12 +103,21 @@ class RecGOAT(Recommender):
 
         self.user_emb = id_embedding(self.n_users, d)
         self.item_emb = id_embedding(self.n_items, d)
-        self.propagate = lightgcn_propagation(backend, n_layers)
-        self.adj = ConstantSparse(normalized_bipartite_adjacency(dataset.train))  # not a buffer: see ConstantSparse
+        self.graphs = nn.ModuleDict()  # CSRGraph buffers: derived from the data, not checkpointed
+        ui_encoder = dict(ui_encoder or {})
+        self.ui_encoder = ui_encoder.pop("type", "lightgcn")
+        if self.ui_encoder == "lightgcn":
+            self.propagate = lightgcn_propagation(backend, n_layers)
+            self.adj = ConstantSparse(normalized_bipartite_adjacency(dataset.train))  # not a buffer: see ConstantSparse
+        elif self.ui_encoder == "attention":
+            self.propagate = AttentionPropagation(d, n_layers, backend=backend, **ui_encoder)
+            self.graphs["user_item"] = CSRGraph(edge_index(bipartite_adjacency(dataset.train)),
+                                                self.n_users + self.n_items)
+        else:
+            raise ValueError(f"ui_encoder.type must be one of {UI_ENCODERS}, got {self.ui_encoder!r}")
 
         k_items = int(item_encoder.pop("k", 20))
         self.encoders = nn.ModuleDict()
-        self.graphs = nn.ModuleDict()  # CSRGraph buffers: derived from the features, not checkpointed
         for m in names:
             x = features[m]
             self.register_buffer(f"x_{m}", torch.from_numpy(x), persistent=False)
@@ -156,8 +170,9 @@ class RecGOAT(Recommender):
         items0 = self.item_emb
         if self.fusion_mode == "naive":
             items0 = items0 + sum(self.encoders[m](getattr(self, f"x_{m}")) for m in self.modalities)
-        with record_function("recgoat.lightgcn"):
-            out = self.propagate(torch.cat([users0, items0]), self.adj.on(users0.device))
+        with record_function("recgoat.id_branch"):
+            ui_graph = self.graphs["user_item"] if self.ui_encoder == "attention" else self.adj.on(users0.device)
+            out = self.propagate(torch.cat([users0, items0]), ui_graph)
         users, item_id = out[: self.n_users], out[self.n_users:]
         if self.fusion_mode == "naive":
             return {"user": users, "item": item_id, "item_id": item_id, "aligned": {}}

@@ -3,13 +3,13 @@ from recgoat.nn.backends import BACKENDS, BackendUnavailable, check_backend
 from recgoat.nn.cmcl import cmcl_loss, info_nce
 from recgoat.nn.fused_gat import CSRGraph, FusedGATConv
 from recgoat.nn.fusion import AdaptiveFusion
-from recgoat.nn.gat import GraphAttentionEncoder
+from recgoat.nn.gat import AttentionPropagation, GraphAttentionEncoder
 from recgoat.nn.lightgcn import LightGCNPropagation
 from recgoat.nn.losses import bpr_loss, embedding_norm_penalty
 from recgoat.nn.oat import AdaptiveTransportMap, DimensionTransport, SinkhornW1, dimension_cost
 from recgoat.nn.sparse import ConstantSparse, SparseOperator, spmm, to_torch_csr
 
-__all__ = ["BACKENDS", "AdaptiveFusion", "AdaptiveTransportMap", "BackendUnavailable", "CSRGraph", "ConstantSparse",
+__all__ = ["BACKENDS", "AdaptiveFusion", "AdaptiveTransportMap", "AttentionPropagation", "BackendUnavailable", "CSRGraph", "ConstantSparse",
            "DimensionTransport", "FusedGATConv", "GraphAttentionEncoder", "LightGCNPropagation", "SinkhornW1",
            "SparseOperator", "bpr_loss", "check_backend", "cmcl_loss", "dimension_cost", "embedding_norm_penalty",
            "info_nce", "spmm", "to_torch_csr"]

@@ -61,3 +61,42 @@ class GraphAttentionEncoder(nn.Module):
             if i < len(self.layers) - 1:
                 h = F.dropout(F.elu(h), self.dropout, self.training)
         return h
+
+
+class AttentionPropagation(nn.Module):
+    r"""LightGCN's layer-averaged propagation with graph attention in place of the fixed normalisation
+    (RecGOAT's design option "graph attention on ``G_ui`` instead of LightGCN"):
+
+    .. math::
+        E^{(l+1)} = \mathrm{GAT}_l\big(E^{(l)}; \mathcal{G}\big), \qquad
+        E = \frac{1}{L+1} \sum_{l=0}^{L} E^{(l)}
+
+    Each layer is a multi-head ``GATConv`` (K heads of ``dim / K`` channels concatenated to ``dim``)
+    over the graph as given (the user-item graph has no self-loops, as in LightGCN; a node with no
+    in-edges gets only the bias). No non-linearity between layers, as in LightGCN.
+
+    Args:
+        dim: d (divisible by ``heads``).
+        n_layers: L.
+        heads: attention heads K.
+        dropout: dropout of the attention coefficients.
+        negative_slope: LeakyReLU slope of the attention scores.
+        backend: ``pyg`` or ``dgl`` (see :mod:`recgoat.nn.backends`).
+    """
+
+    def __init__(self, dim: int, n_layers: int = 3, heads: int = 8, dropout: float = 0.1,
+                 negative_slope: float = 0.2, backend: str = "pyg"):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} must be divisible by heads {heads}")
+        self.layers = nn.ModuleList([
+            gat_conv(backend, dim, dim // heads, heads=heads, negative_slope=negative_slope, dropout=dropout)
+            for _ in range(n_layers)])
+
+    def forward(self, x: Tensor, graph: CSRGraph) -> Tensor:
+        # x: [n_nodes, d] -> [n_nodes, d]
+        out = h = x
+        for layer in self.layers:
+            h = layer(h, graph)
+            out = out + h
+        return out / (len(self.layers) + 1)
