@@ -9,7 +9,7 @@ from recgoat.nn.losses import bpr_loss, embedding_norm_penalty
 from recgoat.nn.oat import AdaptiveTransportMap, DimensionTransport, SinkhornW1, dimension_cost
 from recgoat.nn.sparse import ConstantSparse, SparseOperator, spmm, to_torch_csr
 
-__all__ = ["BACKENDS", "AdaptiveFusion", "AdaptiveTransportMap", "AttentionPropagation", "BackendUnavailable", "CSRGraph", "ConstantSparse",
-           "DimensionTransport", "FusedGATConv", "GraphAttentionEncoder", "LightGCNPropagation", "SinkhornW1",
-           "SparseOperator", "bpr_loss", "check_backend", "cmcl_loss", "dimension_cost", "embedding_norm_penalty",
-           "info_nce", "spmm", "to_torch_csr"]
+__all__ = ["BACKENDS", "AdaptiveFusion", "AdaptiveTransportMap", "AttentionPropagation", "BackendUnavailable",
+           "CSRGraph", "ConstantSparse", "DimensionTransport", "FusedGATConv", "GraphAttentionEncoder",
+           "LightGCNPropagation", "SinkhornW1", "SparseOperator", "bpr_loss", "check_backend", "cmcl_loss",
+           "dimension_cost", "embedding_norm_penalty", "info_nce", "spmm", "to_torch_csr"]
