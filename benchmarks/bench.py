@@ -38,6 +38,7 @@ MODELS = {"mostpop": MostPop, "bpr": BPRMF, "lightgcn": LightGCN, "vbpr": VBPR, 
 MULTIMODAL = {"vbpr", "freedom", "mgcn", "lgmrec", "recgoat"}
 USES_GRAPH_CACHE = {"freedom", "mgcn", "recgoat"}
 OAT_SCOPES = ("recgoat.oat_map", "recgoat.oat_w1")
+TRAIN_BATCH = 2048
 
 
 class PeakRSS:
@@ -132,7 +133,7 @@ def bench_train(dataset, name: str, epochs: int, cache_dir: str) -> dict:
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[timings],
                          use_distributed_sampler=False)
     with PeakRSS() as mem:
-        trainer.fit(module, datamodule=RecDataModule(dataset, batch_size=2048))
+        trainer.fit(module, datamodule=RecDataModule(dataset, batch_size=TRAIN_BATCH))
     steady = timings.train_epoch_s[1:] or timings.train_epoch_s
     out = {"model": name, "epoch_s": float(np.mean(steady)), "epochs_timed": len(steady), "build_s": build_s,
            "peak_rss_mb": mem.peak_mb}
@@ -140,7 +141,7 @@ def bench_train(dataset, name: str, epochs: int, cache_dir: str) -> dict:
         out["scope_shares"] = scope_shares(model, dataset)
         out["oat_share"] = sum(out["scope_shares"][k] for k in OAT_SCOPES)
         out["projection_step_s"] = projection_step_s(model)
-        out["steps_per_epoch"] = -(-dataset.train.nnz // 2048)
+        out["steps_per_epoch"] = len(BPRBatches(dataset, TRAIN_BATCH, seed=0, epoch_fn=lambda: 0))
     return out
 
 
@@ -165,7 +166,7 @@ def scope_shares(model, dataset, steps: int = 3) -> dict[str, float]:
     """Share of a training step's wall time (forward + backward + update) spent in each ``recgoat.*``
     profiler scope's forward (user branch, ID branch, item branches, OAT map, OAT W1)."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batches = iter(BPRBatches(dataset, 2048, seed=0, epoch_fn=lambda: 0))
+    batches = iter(BPRBatches(dataset, TRAIN_BATCH, seed=0, epoch_fn=lambda: 0))
     model.train()
     t = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -211,7 +212,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache_dir:
         rows = [bench_train(dataset, m, args.epochs, cache_dir) for m in args.models]
     base = next((r["epoch_s"] for r in rows if r["model"] == "lightgcn"), None)
-    print("\n## Training seconds per epoch (batch 2048, d=64, Adam; steady-state epochs)")
+    print(f"\n## Training seconds per epoch (batch {TRAIN_BATCH}, d=64, Adam; steady-state epochs)")
     print("| model | s / epoch | x LightGCN | model build s | peak RSS MB | OAT share of step |")
     print("|---|---|---|---|---|---|")
     for r in rows:
