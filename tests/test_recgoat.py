@@ -28,6 +28,7 @@ from recgoat.nn import (
     bpr_loss,
     cmcl_loss,
     dimension_cost,
+    edge_dropout,
     info_nce,
 )
 from recgoat.training import BPRBatches
@@ -115,6 +116,49 @@ def test_fused_gat_equals_pyg_gatconv_outputs_and_gradients():
     torch.testing.assert_close(h1.grad, h2.grad, atol=1e-10, rtol=1e-10)
     for (name, p1), (_, p2) in zip(fused.named_parameters(), reference.named_parameters(), strict=True):
         torch.testing.assert_close(p1.grad, p2.grad, atol=1e-10, rtol=1e-10, msg=name)
+
+
+def test_fused_gat_is_stable_on_large_scores_and_gives_nodes_without_in_edges_the_bias():
+    g = torch.Generator().manual_seed(5)
+    src, dst = torch.randint(0, 60, (400,), generator=g), torch.randint(0, 60, (400,), generator=g)
+    keep = dst >= 5                                                      # nodes 0-4 have no in-edges
+    ei = torch.unique(torch.stack([src[keep], dst[keep]]), dim=1)
+    fused = FusedGATConv(8, 3, heads=2).double().eval()
+    reference = GATConv(8, 3, heads=2, add_self_loops=False).double().eval()
+    with torch.no_grad():
+        fused.att_src.mul_(300.0)                                        # scores of order 1e2-1e3: exp overflows
+        fused.att_dst.mul_(300.0)                                        # without the per-target max shift
+        fused.bias.normal_()
+    reference.load_state_dict(fused.state_dict())
+    h1 = torch.randn(60, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    h2 = h1.detach().clone().requires_grad_()
+    out1, out2 = fused(h1, CSRGraph(ei, 60)), reference(h2, ei)
+    assert torch.isfinite(out1).all()
+    torch.testing.assert_close(out1, out2, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(out1[:5], fused.bias.expand(5, -1))
+    w = torch.randn(out1.shape, dtype=torch.float64, generator=g)
+    (out1 * w).sum().backward()
+    (out2 * w).sum().backward()
+    torch.testing.assert_close(h1.grad, h2.grad, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(fused.att_src.grad, reference.att_src.grad, atol=1e-9, rtol=1e-9)
+
+
+def test_edge_dropout_keeps_a_fraction_one_minus_p_rescaled_and_is_seeded():
+    alpha = torch.rand(8, 100_003, dtype=torch.float64).add_(0.1).requires_grad_()
+    torch.manual_seed(0)
+    out = edge_dropout(alpha, 0.1, training=True)
+    kept = out != 0
+    n, rate = alpha.numel(), kept.double().mean().item()
+    assert abs(rate - (1 - 6554 / 65536)) < 5 * math.sqrt(0.09 / n)     # p quantised to 1/65536
+    torch.testing.assert_close(out[kept], alpha[kept] / 0.9)
+    out.sum().backward()
+    torch.testing.assert_close(alpha.grad, kept.double() / 0.9)
+    torch.manual_seed(0)
+    assert torch.equal(edge_dropout(alpha, 0.1, training=True) != 0, kept)  # same seed, same mask
+    assert edge_dropout(alpha, 0.1, training=False) is alpha
+    assert edge_dropout(alpha, 0.0, training=True) is alpha
+    with pytest.raises(ValueError, match="dropout probability"):
+        edge_dropout(alpha, 1.0, training=True)
 
 
 # ---- OAT ---------------------------------------------------------------------------------------

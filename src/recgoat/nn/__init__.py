@@ -1,7 +1,7 @@
 """Reusable layers and losses."""
 from recgoat.nn.backends import BACKENDS, BackendUnavailable, check_backend
 from recgoat.nn.cmcl import cmcl_loss, info_nce
-from recgoat.nn.fused_gat import CSRGraph, FusedGATConv
+from recgoat.nn.fused_gat import CSRGraph, FusedGATConv, edge_dropout
 from recgoat.nn.fusion import AdaptiveFusion
 from recgoat.nn.gat import AttentionPropagation, GraphAttentionEncoder
 from recgoat.nn.lightgcn import LightGCNPropagation
@@ -12,4 +12,4 @@ from recgoat.nn.sparse import ConstantSparse, SparseOperator, spmm, to_torch_csr
 __all__ = ["BACKENDS", "AdaptiveFusion", "AdaptiveTransportMap", "AttentionPropagation", "BackendUnavailable",
            "CSRGraph", "ConstantSparse", "DimensionTransport", "FusedGATConv", "GraphAttentionEncoder",
            "LightGCNPropagation", "SinkhornW1", "SparseOperator", "bpr_loss", "check_backend", "cmcl_loss",
-           "dimension_cost", "embedding_norm_penalty", "info_nce", "spmm", "to_torch_csr"]
+           "dimension_cost", "edge_dropout", "embedding_norm_penalty", "info_nce", "spmm", "to_torch_csr"]

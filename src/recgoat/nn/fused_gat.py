@@ -3,10 +3,17 @@
 PyG's ``GATConv`` materialises the ``[E, heads, channels]`` message tensor and scatters it; on a
 Baby-sized item kNN graph (7,050 nodes, 165k edges, 8 heads x 8 channels) one forward + backward
 measured 0.22 s here. This layer keeps PyG's parameters (``lin``, ``att_src``, ``att_dst``,
-``bias`` — a checkpoint loads under either) and computes the aggregation as one CSR
-sparse-dense product per head, with a hand-written backward: the gradient w.r.t. the features is
-the transposed product (edge permutation precomputed once), and w.r.t. the attention values an
-edge-wise dot product. Only the edge-level attention (``[E, heads]``) goes through autograd.
+``bias`` — a checkpoint loads under either) and computes
+
+- the attention softmax over each target's in-edges with segment reductions over the CSR rows and a
+  hand-written backward (:class:`_EdgeSoftmax`);
+- the aggregation as one CSR sparse-dense product per head, with a hand-written backward: the
+  gradient w.r.t. the features is the transposed product (edge permutation precomputed once), and
+  w.r.t. the attention values a sampled dense product (:class:`_HeadwiseSpmm`);
+- attention dropout from 16-bit uniform draws (:func:`edge_dropout`).
+
+On the Baby bench's user-user graph (19,445 nodes, 457k edges) the softmax and dropout rewrite took a
+RecGOAT training step from 571 to 439 ms (2 threads, CPU), against the previous version of this layer.
 """
 from __future__ import annotations
 
@@ -16,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GATConv
-from torch_geometric.utils import softmax
 
 
 class CSRGraph(nn.Module):
@@ -57,15 +63,54 @@ def _csr(rowptr: Tensor, col: Tensor, values: Tensor, n: int) -> Tensor:
         return torch.sparse_csr_tensor(rowptr, col, values, size=(n, n), check_invariants=False)
 
 
+class _EdgeSoftmax(torch.autograd.Function):
+    r"""Attention coefficients of every edge, normalised over each target's in-edges:
+
+    .. math::
+        \alpha_{e} = \mathrm{softmax}_{e \in \mathrm{in}(i)}\,
+            \mathrm{LeakyReLU}(a_{src}[\mathrm{col}_e] + a_{dst}[\mathrm{row}_e])
+
+    computed in edge-major layout (``[E, H]``: a gather pulls one node's H scores at once) with
+    segment reductions over the CSR rows, and returned head-major (``[H, E]``) for the per-head
+    sparse products. The backward is the softmax Jacobian written out,
+    ``g_s = alpha * (g - sum_{in(i)} alpha g)``, then LeakyReLU's, then per-node sums over the two
+    CSR orders: no autograd graph over the ``[E, H]`` intermediates (the max is a constant shift).
+    """
+
+    @staticmethod
+    def forward(ctx, a_src: Tensor, a_dst: Tensor, graph: CSRGraph, negative_slope: float) -> Tensor:
+        # a_src, a_dst: [N, H] -> alpha: [H, E]
+        s = a_src.index_select(0, graph.col).add_(a_dst.index_select(0, graph.row))      # [E, H]
+        y = F.leaky_relu(s, negative_slope)
+        y_max = torch.segment_reduce(y, "max", offsets=graph.rowptr, axis=0)             # [N, H]
+        e = torch.sub(y, y_max.index_select(0, graph.row), out=s).exp_()
+        total = torch.segment_reduce(e, "sum", offsets=graph.rowptr, axis=0)             # [N, H]
+        alpha = e.div_(total.index_select(0, graph.row))
+        ctx.save_for_backward(alpha, y)
+        ctx.graph, ctx.negative_slope = graph, negative_slope
+        return alpha.T.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        alpha, y = ctx.saved_tensors
+        g = ctx.graph
+        t = alpha * grad.T                                                               # [E, H]
+        per_target = torch.segment_reduce(t, "sum", offsets=g.rowptr, axis=0)
+        grad_s = t.sub_(alpha * per_target.index_select(0, g.row))
+        grad_s = torch.ops.aten.leaky_relu_backward(grad_s, y, ctx.negative_slope, True)
+        grad_dst = torch.segment_reduce(grad_s, "sum", offsets=g.rowptr, axis=0)                      # by target
+        grad_src = torch.segment_reduce(grad_s.index_select(0, g.perm_t), "sum", offsets=g.rowptr_t, axis=0)
+        return grad_src, grad_dst, None, None
+
+
 class _HeadwiseSpmm(torch.autograd.Function):
-    """``out[:, h] = A_h @ x[:, h]`` with ``A_h`` the CSR graph weighted by ``alpha[:, h]``."""
+    """``out[h] = A_h @ x[h]`` with ``A_h`` the CSR graph weighted by ``alpha[h]``."""
 
     @staticmethod
     def forward(ctx, alpha: Tensor, x: Tensor, graph: CSRGraph) -> Tensor:
-        # alpha: [E, H], x: [N, H, C] -> [N, H, C]
-        n, heads, _ = x.shape
-        values = alpha.T.contiguous()                                  # [H, E]
-        out = torch.stack([_csr(graph.rowptr, graph.col, values[h], n) @ x[:, h] for h in range(heads)], dim=1)
+        # alpha: [H, E], x: [H, N, C] (head-major, contiguous per head) -> [H, N, C]
+        heads, n, _ = x.shape
+        out = torch.stack([_csr(graph.rowptr, graph.col, alpha[h], n) @ x[h] for h in range(heads)])
         ctx.save_for_backward(alpha, x)
         ctx.graph = graph
         return out
@@ -74,40 +119,37 @@ class _HeadwiseSpmm(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         alpha, x = ctx.saved_tensors
         g = ctx.graph
-        n, heads, _ = x.shape
+        heads, n, _ = x.shape
         grad = grad.contiguous()
         grad_alpha = grad_x = None
         if ctx.needs_input_grad[0]:
-            # d out[i] / d alpha_ij = x[j]: grad_alpha[e, h] = <grad[row_e, h], x[col_e, h]>, the product
+            # d out[i] / d alpha_ij = x[j]: grad_alpha[h, e] = <grad[h, row_e], x[h, col_e]>, the product
             # grad_h @ x_h^T sampled on the graph's pattern (SDDMM): 4x faster than gathering two
             # [E, H, C] tensors on a 457k-edge graph, and never materialises them
             pattern = _csr(g.rowptr, g.col, alpha.new_ones(g.num_edges), n)
             grad_alpha = torch.stack([
-                torch.sparse.sampled_addmm(pattern, grad[:, h], x[:, h].T, beta=0.0).values()
-                for h in range(heads)], dim=1)                         # [E, H]
+                torch.sparse.sampled_addmm(pattern, grad[h], x[h].T, beta=0.0).values() for h in range(heads)])
         if ctx.needs_input_grad[1]:
-            values_t = alpha.index_select(0, g.perm_t).T.contiguous()  # [H, E] in transposed order
-            row_t = g.row_t
-            grad_x = torch.stack([_csr(g.rowptr_t, row_t, values_t[h], n) @ grad[:, h] for h in range(heads)], dim=1)
+            values_t = alpha.index_select(1, g.perm_t)                 # [H, E] in transposed order
+            grad_x = torch.stack([_csr(g.rowptr_t, g.row_t, values_t[h], n) @ grad[h] for h in range(heads)])
         return grad_alpha, grad_x, None
 
 
-class _EdgeScores(torch.autograd.Function):
-    """``s[e] = a_src[col_e] + a_dst[row_e]``; the backward sums edge gradients per node with segment
-    reductions over the two CSR orders instead of ``index_add`` (a scatter)."""
-
-    @staticmethod
-    def forward(ctx, a_src: Tensor, a_dst: Tensor, graph: CSRGraph) -> Tensor:
-        # a_src, a_dst: [N, H] -> [E, H]
-        ctx.graph = graph
-        return a_src.index_select(0, graph.col) + a_dst.index_select(0, graph.row)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        g = ctx.graph
-        grad_dst = torch.segment_reduce(grad, "sum", offsets=g.rowptr, axis=0)                      # by target
-        grad_src = torch.segment_reduce(grad.index_select(0, g.perm_t), "sum", offsets=g.rowptr_t, axis=0)
-        return grad_src, grad_dst, None
+def edge_dropout(alpha: Tensor, p: float, training: bool) -> Tensor:
+    """Dropout of attention coefficients, ``alpha * keep / (1 - p)``, with the keep mask drawn from
+    16-bit uniform integers (four per 64-bit draw of the seeded generator): the drop probability is
+    ``round(p * 65536) / 65536`` (0.1 -> 0.100006). Drawing one Bernoulli per value, as ``F.dropout``
+    does, took three times as long on a 457k-edge x 8-head graph (CPU), as long as the layer's
+    sparse products."""
+    if not training or p == 0.0:
+        return alpha
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    n = alpha.numel()
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=alpha.device).random_(-2**63, 2**63 - 1)
+    u = bits.view(torch.int16)[:n].view(alpha.shape)                   # uniform on [-32768, 32767]
+    keep = torch.ge(u, round(p * 65536) - 32768, out=torch.empty_like(alpha))  # 1.0 / 0.0, no bool tensor
+    return alpha * keep.mul_(1.0 / (1.0 - p))
 
 
 class FusedGATConv(GATConv):
@@ -135,12 +177,12 @@ class FusedGATConv(GATConv):
         h = self.lin(x).view(-1, heads, channels)                      # [N, H, C]
         a_src = (h * self.att_src).sum(-1)                             # [N, H]
         a_dst = (h * self.att_dst).sum(-1)                             # [N, H]
-        scores = F.leaky_relu(_EdgeScores.apply(a_src, a_dst, graph), self.negative_slope)  # [E, H]
-        alpha = softmax(scores, ptr=graph.rowptr, num_nodes=graph.num_nodes)             # per target
-        alpha = F.dropout(alpha, p=self.dropout, training=self.training)
-        out = _HeadwiseSpmm.apply(alpha, h, graph).reshape(-1, heads * channels)
+        alpha = _EdgeSoftmax.apply(a_src, a_dst, graph, self.negative_slope)              # [H, E]
+        alpha = edge_dropout(alpha, self.dropout, self.training)
+        out = _HeadwiseSpmm.apply(alpha, h.transpose(0, 1).contiguous(), graph)         # [H, N, C]
+        out = out.transpose(0, 1).reshape(-1, heads * channels)
         if self.bias is not None:
             out = out + self.bias
         if return_attention_weights:
-            return out, (graph.edge_index(), alpha)
+            return out, (graph.edge_index(), alpha.T)
         return out
