@@ -5,9 +5,9 @@ from __future__ import annotations
 import dgl
 import torch
 from dgl.nn import GATConv, GraphConv
-from torch import Tensor
+from torch import Tensor, nn
 
-from recgoat.nn.fused_gat import CSRGraph, FusedGATConv
+from recgoat.nn.fused_gat import CSRGraph, FusedGATConv, edge_dropout
 from recgoat.nn.lightgcn import LightGCNPropagation
 
 # DGL's GATConv parameter names -> PyG's (the names checkpoints carry)
@@ -20,6 +20,18 @@ def _edge_lists(graph) -> tuple[Tensor, Tensor, int | None]:
     if isinstance(graph, CSRGraph):
         return graph.col, graph.row, graph.num_nodes
     return graph[0], graph[1], None
+
+
+class _EdgeDropout(nn.Module):
+    """:func:`edge_dropout` on DGL's ``[E, H, 1]`` attention, drawn in the fused layer's ``[H, E]`` layout and
+    edge order, so that a seeded run drops the same coefficients under either backend."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, alpha: Tensor) -> Tensor:
+        return edge_dropout(alpha.squeeze(-1).T, self.p, self.training).T.unsqueeze(-1)
 
 
 class DGLGATConv(GATConv):
@@ -43,6 +55,7 @@ class DGLGATConv(GATConv):
         with torch.no_grad():
             for dgl_name, pyg_name in _TO_PYG.items():
                 self.get_parameter(dgl_name).copy_(reference.get_parameter(pyg_name))
+        self.attn_drop = _EdgeDropout(dropout)
         self.heads, self.out_channels = heads, out_channels
         self._dgl_graph: tuple[object, torch.device, dgl.DGLGraph] | None = None
         self._register_state_dict_hook(_rename_to_pyg)
