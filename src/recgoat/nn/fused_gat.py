@@ -13,7 +13,7 @@ measured 0.22 s here. This layer keeps PyG's parameters (``lin``, ``att_src``, `
 - attention dropout from 16-bit uniform draws (:func:`edge_dropout`).
 
 On the Baby bench's user-user graph (19,445 nodes, 457k edges) the softmax and dropout rewrite took a
-RecGOAT training step from 571 to 439 ms (2 threads, CPU), against the previous version of this layer.
+RecGOAT training step from 571 to 386 ms (2 threads, CPU), against the previous version of this layer.
 """
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ class CSRGraph(nn.Module):
         self.register_buffer("perm_t", order_t, persistent=False)
         self.register_buffer("rowptr_t", torch.cat([counts_t.new_zeros(1), counts_t.cumsum(0)]), persistent=False)
         self.register_buffer("row_t", dst[order_t], persistent=False)
+        self.register_buffer("edge_ids", torch.arange(src.numel()), persistent=False)
 
     @property
     def num_edges(self) -> int:
@@ -57,10 +58,19 @@ class CSRGraph(nn.Module):
         return torch.stack([self.col, self.row])
 
 
-def _csr(rowptr: Tensor, col: Tensor, values: Tensor, n: int) -> Tensor:
+def _csr(rowptr: Tensor, col: Tensor, values: Tensor, n: int, n_cols: int | None = None) -> Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        return torch.sparse_csr_tensor(rowptr, col, values, size=(n, n), check_invariants=False)
+        return torch.sparse_csr_tensor(rowptr, col, values, size=(n, n if n_cols is None else n_cols),
+                                       check_invariants=False)
+
+
+def _sum_per_node(rowptr: Tensor, edges: Tensor, x: Tensor) -> Tensor:
+    """``out[i] = sum_{k in rowptr[i]:rowptr[i+1]} x[edges[k]]``: per-node sums of edge values ``x`` ([E, H]),
+    as the product of a 0/1 node-by-edge CSR matrix with ``x`` (5x faster than ``segment_reduce`` on CPU;
+    with ``edges`` a permutation it also reads the edges in that order without gathering them)."""
+    n = rowptr.numel() - 1
+    return _csr(rowptr, edges, x.new_ones(edges.numel()), n, x.shape[0]) @ x
 
 
 class _EdgeSoftmax(torch.autograd.Function):
@@ -71,7 +81,7 @@ class _EdgeSoftmax(torch.autograd.Function):
             \mathrm{LeakyReLU}(a_{src}[\mathrm{col}_e] + a_{dst}[\mathrm{row}_e])
 
     computed in edge-major layout (``[E, H]``: a gather pulls one node's H scores at once) with
-    segment reductions over the CSR rows, and returned head-major (``[H, E]``) for the per-head
+    per-node reductions over the CSR rows, and returned head-major (``[H, E]``) for the per-head
     sparse products. The backward is the softmax Jacobian written out,
     ``g_s = alpha * (g - sum_{in(i)} alpha g)``, then LeakyReLU's, then per-node sums over the two
     CSR orders: no autograd graph over the ``[E, H]`` intermediates (the max is a constant shift).
@@ -84,7 +94,7 @@ class _EdgeSoftmax(torch.autograd.Function):
         y = F.leaky_relu(s, negative_slope)
         y_max = torch.segment_reduce(y, "max", offsets=graph.rowptr, axis=0)             # [N, H]
         e = torch.sub(y, y_max.index_select(0, graph.row), out=s).exp_()
-        total = torch.segment_reduce(e, "sum", offsets=graph.rowptr, axis=0)             # [N, H]
+        total = _sum_per_node(graph.rowptr, graph.edge_ids, e)                           # [N, H]
         alpha = e.div_(total.index_select(0, graph.row))
         ctx.save_for_backward(alpha, y)
         ctx.graph, ctx.negative_slope = graph, negative_slope
@@ -95,11 +105,11 @@ class _EdgeSoftmax(torch.autograd.Function):
         alpha, y = ctx.saved_tensors
         g = ctx.graph
         t = alpha * grad.T                                                               # [E, H]
-        per_target = torch.segment_reduce(t, "sum", offsets=g.rowptr, axis=0)
+        per_target = _sum_per_node(g.rowptr, g.edge_ids, t)
         grad_s = t.sub_(alpha * per_target.index_select(0, g.row))
         grad_s = torch.ops.aten.leaky_relu_backward(grad_s, y, ctx.negative_slope, True)
-        grad_dst = torch.segment_reduce(grad_s, "sum", offsets=g.rowptr, axis=0)                      # by target
-        grad_src = torch.segment_reduce(grad_s.index_select(0, g.perm_t), "sum", offsets=g.rowptr_t, axis=0)
+        grad_dst = _sum_per_node(g.rowptr, g.edge_ids, grad_s)                          # by target
+        grad_src = _sum_per_node(g.rowptr_t, g.perm_t, grad_s)                          # by source
         return grad_src, grad_dst, None, None
 
 
