@@ -5,8 +5,8 @@ Baby-sized item kNN graph (7,050 nodes, 165k edges, 8 heads x 8 channels) one fo
 measured 0.22 s here. This layer keeps PyG's parameters (``lin``, ``att_src``, ``att_dst``,
 ``bias`` — a checkpoint loads under either) and computes
 
-- the attention softmax over each target's in-edges with segment reductions over the CSR rows and a
-  hand-written backward (:class:`_EdgeSoftmax`);
+- the attention softmax over each target's in-edges with a segment max and per-node sums (0/1 CSR
+  products, :func:`_sum_per_node`) over the CSR rows, and a hand-written backward (:class:`_EdgeSoftmax`);
 - the aggregation as one CSR sparse-dense product per head, with a hand-written backward: the
   gradient w.r.t. the features is the transposed product (edge permutation precomputed once), and
   w.r.t. the attention values a sampled dense product (:class:`_HeadwiseSpmm`);
@@ -149,8 +149,8 @@ class _HeadwiseSpmm(torch.autograd.Function):
 def edge_dropout(alpha: Tensor, p: float, training: bool) -> Tensor:
     """Dropout of attention coefficients, ``alpha * keep / (1 - p)``, with the keep mask drawn from
     16-bit uniform integers (four per 64-bit draw of the seeded generator): the drop probability is
-    ``round(p * 65536) / 65536`` (0.1 -> 0.100006). Drawing one Bernoulli per value, as ``F.dropout``
-    does, took three times as long on a 457k-edge x 8-head graph (CPU), as long as the layer's
+    ``round(p * 65536) / 65536`` (0.1 -> 0.100006). ``F.dropout`` draws one Bernoulli per value: on a
+    457k-edge x 8-head graph (CPU) that took three times as long as this, about as long as the layer's
     sparse products."""
     if not training or p == 0.0:
         return alpha
