@@ -19,6 +19,7 @@ from recgoat.graphs.cache import cached_sparse
 from recgoat.graphs.knn import cosine_topk, edge_index, knn_adjacency
 from recgoat.models import RecGOAT
 from recgoat.nn import (
+    AdaptiveFusion,
     AttentionPropagation,
     CSRGraph,
     DimensionTransport,
@@ -282,6 +283,19 @@ def test_attention_propagation_is_the_layer_mean_of_pyg_gatconv_layers():
     torch.testing.assert_close(x1.grad, x2.grad, atol=1e-5, rtol=1e-5)
     cold = n_users + n_items - 1
     torch.testing.assert_close(prop.layers[0](x1, CSRGraph(ei, n))[cold], prop.layers[0].bias)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_fusion_is_the_layer_normed_weighted_sum_unit_norm_only_when_asked(normalize):
+    g = torch.Generator().manual_seed(3)
+    parts = {"id": torch.randn(6, 8, generator=g), "text": 3 * torch.randn(6, 8, generator=g)}
+    fusion = AdaptiveFusion(["id", "text"], 8, init={"id": 0.15, "text": 0.8}, normalize=normalize).eval()
+    mixed = 0.15 * parts["id"] + 0.8 * parts["text"]
+    centred = mixed - mixed.mean(-1, keepdim=True)
+    expected = centred / (centred.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()  # LayerNorm at its init
+    if normalize:
+        expected = expected / expected.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(fusion(parts), expected)
 
 
 def test_unknown_ui_encoder_is_an_error(tiny_synthetic, tmp_path):

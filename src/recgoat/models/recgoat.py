@@ -71,7 +71,7 @@ class RecGOAT(Recommender):
         oat_map: ``{enabled, eps, cost_scale, normalize_cost, scaling, tol, warm_start}`` (dimension-level
             transport map; see :class:`DimensionTransport`).
         oat_w1: ``{weight, blur, scaling, max_points}`` (Sinkhorn-divergence loss).
-        fusion: ``{mode: adaptive|naive, init: {name: w}, default_init, dropout}``; ``naive`` adds
+        fusion: ``{mode: adaptive|naive, init: {name: w}, default_init, dropout, normalize}``; ``naive`` adds
             linear projections of the raw features to the ID item embeddings (no GAT, no alignment).
         encoder: ``{backend: pyg|dgl}``: the graph library of the attention and LightGCN layers (DGL optional,
             same parameters: a checkpoint loads under either).

@@ -16,22 +16,26 @@ class AdaptiveFusion(nn.Module):
         dim: d.
         init: initial weight per name; names not listed start at ``default_init``.
         dropout: dropout after LayerNorm.
+        normalize: the final L2 normalisation of method.md (default). ``False`` keeps the LayerNorm output's
+            norm, so an item's score ``<z_u, z_i>`` can grow with ``||z_i||`` as LightGCN's does (design option).
     """
 
     def __init__(self, names: list[str], dim: int, init: dict[str, float] | None = None, default_init: float = 0.5,
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, normalize: bool = True):
         super().__init__()
         init = dict(init or {})
         self.names = list(names)
         self.weights = nn.Parameter(torch.tensor([float(init.get(n, default_init)) for n in self.names]))
         self.norm = nn.LayerNorm(dim)
         self.dropout = dropout
+        self.normalize = normalize
 
     def forward(self, parts: dict[str, Tensor]) -> Tensor:
         # parts: {name: [n, d]} -> [n, d]
         stacked = torch.stack([parts[n] for n in self.names])            # [M+1, n, d]
         mixed = (self.weights[:, None, None] * stacked).sum(0)
-        return F.normalize(F.dropout(self.norm(mixed), self.dropout, self.training), dim=-1)
+        fused = F.dropout(self.norm(mixed), self.dropout, self.training)
+        return F.normalize(fused, dim=-1) if self.normalize else fused
 
     def weight_dict(self) -> dict[str, float]:
         return {n: float(w) for n, w in zip(self.names, self.weights.detach().cpu(), strict=False)}
