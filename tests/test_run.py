@@ -66,7 +66,7 @@ def test_cli_from_another_directory_writes_results_and_prints_the_table(tmp_path
 @pytest.mark.slow
 def test_default_job_beats_popularity(tmp_path):
     """The README's main command on the default data: LightGCN must beat MostPop on test Recall@20."""
-    # the whole default job (~3 min on 2 idle cores): the timeout only guards against a hang, so it leaves
+    # the whole default job (65 s measured on 2 idle cores): the timeout only guards against a hang, so it leaves
     # room for a shared, slower CI runner
     default = run_cli(["trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'lgcn'}"], cwd=tmp_path,
                       timeout=1500)
