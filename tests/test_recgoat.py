@@ -286,13 +286,17 @@ def test_attention_propagation_is_the_layer_mean_of_pyg_gatconv_layers():
 
 
 @pytest.mark.parametrize("normalize", [True, False])
-def test_fusion_is_the_layer_normed_weighted_sum_unit_norm_only_when_asked(normalize):
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_fusion_is_the_layer_normed_weighted_sum_unit_norm_only_when_asked(normalize, layer_norm):
     g = torch.Generator().manual_seed(3)
     parts = {"id": torch.randn(6, 8, generator=g), "text": 3 * torch.randn(6, 8, generator=g)}
-    fusion = AdaptiveFusion(["id", "text"], 8, init={"id": 0.15, "text": 0.8}, normalize=normalize).eval()
+    fusion = AdaptiveFusion(["id", "text"], 8, init={"id": 0.15, "text": 0.8}, normalize=normalize,
+                            layer_norm=layer_norm).eval()
     mixed = 0.15 * parts["id"] + 0.8 * parts["text"]
-    centred = mixed - mixed.mean(-1, keepdim=True)
-    expected = centred / (centred.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()  # LayerNorm at its init
+    expected = mixed
+    if layer_norm:
+        centred = mixed - mixed.mean(-1, keepdim=True)
+        expected = centred / (centred.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()  # LayerNorm at its init
     if normalize:
         expected = expected / expected.norm(dim=-1, keepdim=True)
     torch.testing.assert_close(fusion(parts), expected)

@@ -18,15 +18,18 @@ class AdaptiveFusion(nn.Module):
         dropout: dropout after LayerNorm.
         normalize: the final L2 normalisation of method.md (default). ``False`` keeps the LayerNorm output's
             norm, so an item's score ``<z_u, z_i>`` can grow with ``||z_i||`` as LightGCN's does (design option).
+        layer_norm: the LayerNorm of method.md (default). LayerNorm rescales every item to the same norm
+            (``sqrt(d)`` times its gain), so with ``normalize=False`` the item norm still carries no popularity;
+            ``False`` leaves the weighted sum as it is (design option).
     """
 
     def __init__(self, names: list[str], dim: int, init: dict[str, float] | None = None, default_init: float = 0.5,
-                 dropout: float = 0.1, normalize: bool = True):
+                 dropout: float = 0.1, normalize: bool = True, layer_norm: bool = True):
         super().__init__()
         init = dict(init or {})
         self.names = list(names)
         self.weights = nn.Parameter(torch.tensor([float(init.get(n, default_init)) for n in self.names]))
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim) if layer_norm else nn.Identity()
         self.dropout = dropout
         self.normalize = normalize
 
