@@ -369,3 +369,19 @@ def test_warm_started_plan_reaches_the_same_fixed_point_faster():
     torch.testing.assert_close(p_warm, p_cold, atol=5e-3, rtol=0)
     torch.testing.assert_close(p_warm.sum(0), torch.ones(16), atol=1e-4, rtol=0)
     assert warm.last_iters <= cold.last_iters
+
+
+def test_fused_users_are_the_fusion_of_their_id_part_and_their_items_mean_modalities(tiny_synthetic, tmp_path):
+    kw = {"embedding_dim": 16, "item_encoder": {"k": 5, "heads": 4}, "user_encoder": {"k": 5, "heads": 4},
+              "cache_dir": str(tmp_path)}
+    plain = RecGOAT(tiny_synthetic, **kw).eval()
+    fused = RecGOAT(tiny_synthetic, fusion={"users": "fused"}, **kw).eval()
+    fused.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        a, b = plain.representations(), fused.representations()
+        torch.testing.assert_close(b["item"], a["item"])
+        train = tiny_synthetic.train.tocsr()
+        for u in (0, 7, 42):
+            items = torch.as_tensor(train.indices[train.indptr[u]:train.indptr[u + 1]])
+            parts = {"id": a["user"][u:u + 1], **{m: z[items].mean(0, keepdim=True) for m, z in a["aligned"].items()}}
+            torch.testing.assert_close(b["user"][u:u + 1], plain.fusion(parts), atol=1e-5, rtol=1e-5)

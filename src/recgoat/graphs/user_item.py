@@ -30,6 +30,13 @@ def normalized_bipartite_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:
     return sym_normalize(bipartite_adjacency(train))
 
 
+def row_mean(train: sp.csr_matrix) -> sp.csr_matrix:
+    """``D_u^-1 R``: each user's row averages over the user's training items (users without any get 0)."""
+    r = sp.csr_matrix(train, dtype=np.float32)
+    deg = np.maximum(np.asarray(r.sum(axis=1)).ravel(), 1.0)
+    return (sp.diags(1.0 / deg).astype(np.float32) @ r).tocsr()
+
+
 def degree_sensitive_pruning(train: sp.csr_matrix, keep_ratio: float, generator: torch.Generator) -> sp.csr_matrix:
     r"""FREEDOM's denoising of the user-item graph: keep ``int(nnz * keep_ratio)`` training edges drawn without
     replacement with probability proportional to :math:`1/\sqrt{d_u d_i}`, so edges between high-degree nodes

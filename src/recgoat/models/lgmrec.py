@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recgoat.data import RecDataset
-from recgoat.graphs import normalized_bipartite_adjacency
+from recgoat.graphs import normalized_bipartite_adjacency, row_mean
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
 from recgoat.models.inputs import item_modalities
 from recgoat.nn import ConstantSparse, SparseOperator, bpr_loss, embedding_norm_penalty, spmm
@@ -72,9 +72,7 @@ class LGMRec(Recommender):
         self.adj = ConstantSparse(adj)
         r = sp.csr_matrix(dataset.train, dtype=np.float32)
         self.r = SparseOperator(r)
-        deg = np.maximum(np.asarray(r.sum(axis=1)).ravel(), 1.0)
-        r_mean = sp.diags(1.0 / deg).astype(np.float32) @ r                  # mean over the user's items
-        self.r_mean = SparseOperator(r_mean)
+        self.r_mean = SparseOperator(row_mean(dataset.train))                # mean over the user's items
         self.propagate = lightgcn_propagation(graph_backend(encoder), n_ui_layers)
 
     def _assign(self, logits: Tensor) -> Tensor:

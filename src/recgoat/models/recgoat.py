@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from recgoat.data import DataError, RecDataset
-from recgoat.graphs import bipartite_adjacency, normalized_bipartite_adjacency
+from recgoat.graphs import bipartite_adjacency, normalized_bipartite_adjacency, row_mean
 from recgoat.graphs.cache import cached_sparse
 from recgoat.graphs.knn import KNN_BUILDER_VERSION, edge_index, knn_adjacency
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
@@ -33,6 +33,7 @@ from recgoat.nn import (
     DimensionTransport,
     GraphAttentionEncoder,
     SinkhornW1,
+    SparseOperator,
     bpr_loss,
     cmcl_loss,
     embedding_norm_penalty,
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 FUSION_MODES = ("adaptive", "naive")
 UI_ENCODERS = ("lightgcn", "attention")
+USER_FUSIONS = ("id", "fused")
 
 
 def knn_graph(x: np.ndarray, k: int, cache_dir, builder: str) -> CSRGraph:
@@ -146,6 +148,11 @@ class RecGOAT(Recommender):
         if oat_map.pop("enabled") and self.fusion_mode == "adaptive":
             transport = DimensionTransport(**oat_map)
             self.oat_map = nn.ModuleDict({m: AdaptiveTransportMap(d, transport, key=m) for m in names})
+        self.user_fusion = fusion.pop("users", "id")
+        if self.user_fusion not in USER_FUSIONS:
+            raise ValueError(f"fusion.users must be one of {USER_FUSIONS}, got {self.user_fusion!r}")
+        if self.user_fusion == "fused":
+            self.user_items = SparseOperator(row_mean(dataset.train))
         if self.fusion_mode == "adaptive":
             self.fusion = AdaptiveFusion(["id", *names], d, **fusion)
         elif self.cmcl_cfg["weight"] or self.w1_cfg["weight"]:
@@ -183,6 +190,8 @@ class RecGOAT(Recommender):
             with record_function("recgoat.oat_map"):
                 aligned = {m: self.oat_map[m](z[m], item_id) for m in self.modalities}
         item = self.fusion({"id": item_id, **aligned})
+        if self.user_fusion == "fused":  # users fused like items, from the mean of their items' aligned modalities
+            users = self.fusion({"id": users, **{m: self.user_items(aligned[m]) for m in self.modalities}})
         return {"user": users, "item": item, "item_id": item_id, "aligned": aligned}
 
     # ---- the model API --------------------------------------------------------------------
