@@ -23,20 +23,19 @@ import numpy as np
 import psutil
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
 from torch.profiler import ProfilerActivity, profile
 
 from recgoat.data import RecDataset, load_split_txt, make_synthetic
 from recgoat.eval import FullRankingEvaluator, users_with_items
 from recgoat.inference import LoadedModel
-from recgoat.models import BPRMF, FREEDOM, MGCN, VBPR, LGMRec, LightGCN, MostPop, RecGOAT
 from recgoat.recommend import recommend
-from recgoat.training import BPRBatches, RecDataModule, RecModule, Timings
-from recgoat.utils.config import project_root
+from recgoat.training import BPRBatches, RecModule, Timings
+from recgoat.utils.config import build_model, compose, project_root
 
-MODELS = {"mostpop": MostPop, "bpr": BPRMF, "lightgcn": LightGCN, "vbpr": VBPR, "freedom": FREEDOM, "mgcn": MGCN,
-          "lgmrec": LGMRec, "recgoat": RecGOAT}
+# every model is built from its real config (conf/model/<name>.yaml), as `python -m recgoat.run model=<name>` trains it
+MODELS = ["bpr", "lightgcn", "vbpr", "freedom", "mgcn", "lgmrec", "recgoat"]
 MULTIMODAL = {"vbpr", "freedom", "mgcn", "lgmrec", "recgoat"}
-USES_GRAPH_CACHE = {"freedom", "mgcn", "recgoat"}
 OAT_SCOPES = ("recgoat.oat_map", "recgoat.oat_w1")
 TRAIN_BATCH = 2048
 
@@ -90,7 +89,7 @@ def peak_rss_mb() -> float:
 
 def bench_eval(dataset, repeats: int = 3) -> dict:
     torch.manual_seed(0)
-    model = LightGCN(dataset, embedding_dim=64)
+    model = build_model(dataset, ["model=lightgcn"])
     scorer = model.scorer()
     users = torch.as_tensor(users_with_items(dataset.test))
     k = 20
@@ -114,26 +113,21 @@ def bench_eval(dataset, repeats: int = 3) -> dict:
             "evaluate_s": min(full), "ratio": min(full) / min(bound), "lightgcn_final_embeddings_s": propagate}
 
 
-def build(dataset, name: str, cache_dir: str):
-    if name in MULTIMODAL:
-        kwargs = {"cache_dir": cache_dir} if name in USES_GRAPH_CACHE else {}
-        return MODELS[name](with_random_features(dataset), **kwargs)
-    return MODELS[name](dataset)
-
-
 def bench_train(dataset, name: str, epochs: int, cache_dir: str) -> dict:
     pl.seed_everything(0, verbose=False)
+    cfg = compose([f"model={name}", f"paths.cache_dir={cache_dir}", f"datamodule.batch_size={TRAIN_BATCH}"])
     t = time.perf_counter()
-    model = build(dataset, name, cache_dir)
+    model = instantiate(cfg.model)(dataset=with_random_features(dataset) if name in MULTIMODAL else dataset)
     build_s = time.perf_counter() - t
-    module = RecModule(model, dataset, optimizer=lambda params: torch.optim.Adam(params, lr=1e-3))
+    module = RecModule(model, dataset, optimizer=instantiate(cfg.optimizer),
+                       evaluator=instantiate(cfg.evaluation)(train=dataset.train), run_config={})
     timings = Timings()
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, limit_val_batches=0,
                          num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[timings],
                          use_distributed_sampler=False)
     with PeakRSS() as mem:
-        trainer.fit(module, datamodule=RecDataModule(dataset, batch_size=TRAIN_BATCH))
+        trainer.fit(module, datamodule=instantiate(cfg.datamodule)(dataset=dataset))
     steady = timings.train_epoch_s[1:] or timings.train_epoch_s
     out = {"model": name, "epoch_s": float(np.mean(steady)), "epochs_timed": len(steady), "build_s": build_s,
            "peak_rss_mb": mem.peak_mb}
@@ -149,8 +143,8 @@ def projection_step_s(model, repeats: int = 5) -> float:
     """Seconds per step of RecGOAT's input projections alone (every modality's and the user features'
     ``W x + b`` over all rows, forward + weight gradient): work that any exact full-graph step does
     besides LightGCN's, whatever the graph code. LightGCN's step plus this is a floor for RecGOAT's."""
-    projections = [(model.encoders[m].proj, getattr(model, f"x_{m}")) for m in model.modalities]
-    if model.user_branch:
+    projections = [(model.item_encoders[m].proj, getattr(model, f"x_{m}")) for m in model.modalities]
+    if model.user_encoder is not None:
         projections.append((model.user_encoder.proj, model.x_user))
     best = float("inf")
     for _ in range(repeats):
@@ -182,7 +176,7 @@ def scope_shares(model, dataset, steps: int = 3) -> dict[str, float]:
 
 def bench_recommend(dataset, k: int = 20) -> dict:
     torch.manual_seed(0)
-    model = LightGCN(dataset).eval()
+    model = build_model(dataset, ["model=lightgcn"]).eval()
     loaded = LoadedModel(model=model, dataset=dataset, config={}, meta={})
     users = np.arange(dataset.n_users)
     with PeakRSS() as mem:
@@ -195,8 +189,7 @@ def bench_recommend(dataset, k: int = 20) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", choices=[m for m in MODELS if m != "mostpop"],
-                        default=["bpr", "lightgcn", "vbpr", "freedom", "mgcn", "lgmrec", "recgoat"])
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=MODELS)
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
 

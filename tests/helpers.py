@@ -13,11 +13,7 @@ from omegaconf import open_dict
 
 from recgoat.utils.config import conf_dir
 
-TINY_DATA = [
-    "dataset.n_users=150", "dataset.n_items=100", "dataset.n_factors=4", "dataset.n_clusters=4",
-    "dataset.mean_interactions=12", "dataset.modalities.text.dim=8", "dataset.modalities.image.dim=12",
-    "dataset.user_feature_dim=6",
-]
+TINY_DATA = ["debug=tiny"]  # conf/debug/tiny.yaml: 150 users, 100 items, 8-d text, 12-d image, 6-d user features
 QUIET = ["trainer.enable_progress_bar=false", "logger=none"]
 
 

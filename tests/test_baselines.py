@@ -13,14 +13,19 @@ from recgoat.models import FREEDOM, MGCN, VBPR, LGMRec
 from recgoat.models.freedom import mixing_weights
 from recgoat.nn import bpr_loss
 from recgoat.training import BPRBatches
+from recgoat.utils.config import build_model
 from tests.helpers import QUIET, TINY_DATA, run_in_process
 
 BASELINES = {"vbpr": VBPR, "freedom": FREEDOM, "mgcn": MGCN, "lgmrec": LGMRec}
 
 
-def build(cls, dataset, tmp_path):
-    kwargs = {} if cls in (VBPR, LGMRec) else {"cache_dir": str(tmp_path), "knn_k": 5}
-    return cls(dataset, embedding_dim=16, **kwargs)
+def build(cls, dataset, tmp_path, *overrides: str):
+    """The model's real config at d=16 (k=5 for the kNN graphs)."""
+    name = next(n for n, c in BASELINES.items() if c is cls)
+    small = [] if cls in (VBPR, LGMRec) else ["model.knn_k=5"]
+    torch.manual_seed(0)
+    return build_model(dataset, [f"model={name}", "model.embedding_dim=16", f"paths.cache_dir={tmp_path}", *small,
+                                 *overrides])
 
 
 def first_batch(dataset, size=64):
@@ -58,9 +63,8 @@ def test_needs_item_features_and_names_the_model(tiny_synthetic, tmp_path, name)
         build(cls, bare, tmp_path)
 
 
-def test_vbpr_score_is_id_part_plus_content_part(tiny_synthetic):
-    torch.manual_seed(0)
-    model = VBPR(tiny_synthetic, embedding_dim=8).eval()
+def test_vbpr_score_is_id_part_plus_content_part(tiny_synthetic, tmp_path):
+    model = build(VBPR, tiny_synthetic, tmp_path, "model.embedding_dim=8").eval()
     u, i = torch.tensor([0, 5, 7]), torch.tensor([3, 3, 60])
     x = np.concatenate([tiny_synthetic.item_features["text"], tiny_synthetic.item_features["image"]], axis=1)
     gamma_u, theta_u = model.user_emb[u, :8], model.user_emb[u, 8:]
@@ -108,8 +112,7 @@ def test_freedom_pruning_keeps_the_configured_share_degree_sensitively():
 
 
 def test_freedom_trains_on_the_pruned_graph_and_ranks_on_the_full_one(tiny_synthetic, tmp_path):
-    torch.manual_seed(0)
-    model = FREEDOM(tiny_synthetic, embedding_dim=16, knn_k=5, prune_ratio=0.8, cache_dir=str(tmp_path))
+    model = build(FREEDOM, tiny_synthetic, tmp_path, "model.prune_ratio=0.8")
     n_nodes = tiny_synthetic.n_users + tiny_synthetic.n_items
     model.on_train_epoch_start(3)
     pruned = model.pruned_adj.host
@@ -134,9 +137,8 @@ def test_freedom_mixing_weights():
         mixing_weights(["a", "b"], {"a": 1.5})
 
 
-def test_lgmrec_ranks_deterministically_and_trains_with_noise(tiny_synthetic):
-    torch.manual_seed(0)
-    model = LGMRec(tiny_synthetic, embedding_dim=16).eval()
+def test_lgmrec_ranks_deterministically_and_trains_with_noise(tiny_synthetic, tmp_path):
+    model = build(LGMRec, tiny_synthetic, tmp_path).eval()
     a, b = model.scorer(), model.scorer()
     torch.testing.assert_close(a.item_emb, b.item_emb, rtol=0, atol=0)
     model.train()

@@ -151,7 +151,7 @@ def test_kcore_filter_is_iterative():
     users = np.array([0, 0, 1, 1, 2, 2, 0, 1])
     items = np.array([0, 1, 0, 1, 1, 9, 2, 2])
     keep = kcore_filter(users, items, user_k=2, item_k=2)
-    assert set(zip(users[keep], items[keep], strict=False)) == {(0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (1, 2)}
+    assert set(zip(users[keep], items[keep], strict=True)) == {(0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (1, 2)}
 
 
 def test_synthetic_is_deterministic_and_has_structure():

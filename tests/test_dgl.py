@@ -8,12 +8,13 @@ import sys
 
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from torch_geometric.nn import GATConv
 
 from recgoat.graphs import normalized_bipartite_adjacency
-from recgoat.models import RecGOAT
 from recgoat.nn import CSRGraph, FusedGATConv, LightGCNPropagation, check_backend
 from recgoat.nn.sparse import to_torch_csr
+from recgoat.utils.config import build_model
 from tests.helpers import QUIET, TINY_DATA, run_in_process
 
 
@@ -52,15 +53,23 @@ def test_the_package_does_not_import_dgl_unless_selected():
     assert out.stdout.strip() == "False"
 
 
+def small_recgoat(dataset, tmp_path, *overrides: str):
+    torch.manual_seed(0)
+    return build_model(dataset, ["model=recgoat", "model.embedding_dim=16", "model.knn_k=5", "model.user_knn_k=5",
+                                 "model.item_encoder.heads=4", "model.user_encoder.heads=4",
+                                 f"paths.cache_dir={tmp_path}", *overrides])
+
+
 def test_unknown_backend_is_an_error(tiny_synthetic, tmp_path):
-    with pytest.raises(ValueError, match=r"model.encoder.backend must be one of \('pyg', 'dgl'\), got 'jax'"):
-        RecGOAT(tiny_synthetic, encoder={"backend": "jax"}, cache_dir=str(tmp_path))
+    # Hydra builds the components first and wraps their error with the failing node's target
+    with pytest.raises(InstantiationException, match=r"model.backend must be one of \('pyg', 'dgl'\), got 'jax'"):
+        small_recgoat(tiny_synthetic, tmp_path, "model.backend=jax")
 
 
 @pytest.mark.skipif(HAS_DGL, reason="DGL is importable here: the missing-DGL message cannot be seen")
 def test_selecting_dgl_without_dgl_fails_at_start_up_with_instructions(tiny_synthetic, tmp_path):
-    with pytest.raises(ImportError, match=r"model.encoder.backend=dgl needs DGL.*make test-dgl"):
-        RecGOAT(tiny_synthetic, encoder={"backend": "dgl"}, cache_dir=str(tmp_path))
+    with pytest.raises(InstantiationException, match=r"model.backend=dgl needs DGL.*make test-dgl"):
+        small_recgoat(tiny_synthetic, tmp_path, "model.backend=dgl")
 
 
 # ---- parity (DGL installed) ----------------------------------------------------------------------
@@ -119,11 +128,9 @@ def test_lightgcn_propagation_outputs_and_gradients_match(tiny_synthetic):
 @needs_dgl
 @pytest.mark.parametrize("ui", ["lightgcn", "attention"])
 def test_recgoat_checkpoint_loads_under_either_backend_and_scores_the_same(tiny_synthetic, tmp_path, ui):
-    torch.manual_seed(0)
-    kwargs = {"embedding_dim": 16, "item_encoder": {"k": 5, "heads": 4}, "user_encoder": {"k": 5, "heads": 4},
-              "ui_encoder": {"type": ui, "heads": 4}, "cache_dir": str(tmp_path)}
-    pyg = RecGOAT(tiny_synthetic, **kwargs).eval()
-    dgl_model = RecGOAT(tiny_synthetic, encoder={"backend": "dgl"}, **kwargs).eval()
+    extra = ["+experiment=ui_attention", "model.id_encoder.heads=4"] if ui == "attention" else []
+    pyg = small_recgoat(tiny_synthetic, tmp_path, *extra).eval()
+    dgl_model = small_recgoat(tiny_synthetic, tmp_path, "model.backend=dgl", *extra).eval()
     dgl_model.load_state_dict(pyg.state_dict(), strict=True)
     assert set(dgl_model.state_dict()) == set(pyg.state_dict())
     users = torch.arange(tiny_synthetic.n_users)
@@ -136,7 +143,7 @@ def test_short_recgoat_training_gives_the_same_metrics_under_both_backends(tmp_p
     results = {}
     for backend in ("pyg", "dgl"):
         overrides = ["+experiment=recgoat", *TINY_DATA, *QUIET, "trainer.max_epochs=3", "seed=5",
-                     "model.item_encoder.k=5", "model.user_encoder.k=5", f"model.encoder.backend={backend}",
+                     "model.knn_k=5", "model.user_knn_k=5", f"model.backend={backend}",
                      f"paths.cache_dir={tmp_path / 'cache'}"]
         results[backend] = run_in_process(overrides, tmp_path / backend)
     for split in ("valid", "test"):
@@ -149,14 +156,12 @@ def test_short_recgoat_training_gives_the_same_metrics_under_both_backends(tmp_p
 @needs_dgl
 @pytest.mark.parametrize("name", ["lightgcn", "freedom", "mgcn", "lgmrec"])
 def test_every_lightgcn_model_scores_the_same_under_both_backends(tiny_synthetic, tmp_path, name):
-    from recgoat.models import FREEDOM, MGCN, LGMRec, LightGCN
-
-    cls = {"lightgcn": LightGCN, "freedom": FREEDOM, "mgcn": MGCN, "lgmrec": LGMRec}[name]
-    kwargs = {"cache_dir": str(tmp_path), "knn_k": 5} if name in ("freedom", "mgcn") else {}
+    small = ["model.knn_k=5"] if name in ("freedom", "mgcn") else []
     torch.manual_seed(0)
-    pyg = cls(tiny_synthetic, **kwargs).eval()
+    pyg = build_model(tiny_synthetic, [f"model={name}", f"paths.cache_dir={tmp_path}", *small]).eval()
     torch.manual_seed(0)
-    dgl_model = cls(tiny_synthetic, encoder={"backend": "dgl"}, **kwargs).eval()
+    dgl_model = build_model(tiny_synthetic, [f"model={name}", f"paths.cache_dir={tmp_path}", "model.backend=dgl",
+                                             *small]).eval()
     for name_, value in pyg.state_dict().items():   # same seed, same initial weights
         torch.testing.assert_close(dgl_model.state_dict()[name_], value, rtol=0, atol=0)
     users = torch.arange(tiny_synthetic.n_users)

@@ -55,7 +55,7 @@ def test_recommend_equals_the_evaluators_ranking(trained):
     ev = FullRankingEvaluator(loaded.dataset.train, ks=[15])
     _, expected = ev.rank(loaded.model.scorer(), torch.as_tensor(users), 15)
     assert [u for u, _, _ in recs] == users.tolist()
-    for (u, items, _), exp in zip(recs, expected.numpy(), strict=False):
+    for (u, items, _), exp in zip(recs, expected.numpy(), strict=True):
         assert items.tolist() == exp.tolist()
         assert not set(items.tolist()) & set(loaded.dataset.train[u].indices.tolist())
     with_valid = list(recommend(loaded, users[:5], k=15, exclude_valid=True))

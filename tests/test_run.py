@@ -68,11 +68,10 @@ def test_default_job_beats_popularity(tmp_path):
     """The README's main command on the default data: LightGCN must beat MostPop on test Recall@20."""
     # the whole default job (65 s measured on 2 idle cores): the timeout only guards against a hang, so it leaves
     # room for a shared, slower CI runner
-    default = run_cli(["trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'lgcn'}"], cwd=tmp_path,
+    run_cli(["trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'lgcn'}"], cwd=tmp_path,
                       timeout=1500)
-    pop = run_cli(["model=mostpop", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'pop'}"],
+    run_cli(["model=mostpop", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'pop'}"],
                   cwd=tmp_path)
-    assert default.returncode == pop.returncode == 0
     lgcn, mp = load_results(tmp_path / "lgcn"), load_results(tmp_path / "pop")
     assert lgcn["test"]["recall@20"] > 1.5 * mp["test"]["recall@20"]
 

@@ -16,7 +16,7 @@ class BPRMF(Recommender):
         reg_weight: weight of the embedding-norm penalty.
     """
 
-    def __init__(self, dataset: RecDataset, embedding_dim: int = 64, reg_weight: float = 1e-5):
+    def __init__(self, dataset: RecDataset, *, embedding_dim: int, reg_weight: float):
         super().__init__(dataset.n_users, dataset.n_items)
         self.reg_weight = reg_weight
         self.user_emb = nn.Embedding(self.n_users, embedding_dim)

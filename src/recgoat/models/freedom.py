@@ -10,7 +10,7 @@ from recgoat.graphs.knn import cached_knn_similarity_graph
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
 from recgoat.models.inputs import feature_tables, item_modalities
 from recgoat.nn import ConstantSparse, SparseOperator, bpr_loss
-from recgoat.nn.backends import graph_backend, lightgcn_propagation
+from recgoat.nn.backends import lightgcn_propagation
 
 
 class FREEDOM(Recommender):
@@ -37,14 +37,13 @@ class FREEDOM(Recommender):
         modality_bpr_weight: weight of the per-modality BPR terms (the authors' ``reg_weight``).
         finetune_features: train the raw feature matrices too (the authors' code does).
         modalities, missing_features, cache_dir: as for the other multimodal models.
-        encoder: ``{backend: pyg|dgl}``, the graph library of the LightGCN layers.
+        backend: ``pyg`` or ``dgl``, the graph library of the LightGCN layers.
     """
 
-    def __init__(self, dataset: RecDataset, embedding_dim: int = 64, knn_k: int = 10,
-                 modality_weights: dict[str, float] | None = None, n_mm_layers: int = 1, n_ui_layers: int = 2,
-                 prune_ratio: float = 0.8, modality_bpr_weight: float = 1e-4, finetune_features: bool = True,
-                 modalities: list[str] | None = None, missing_features: str = "error", encoder: dict | None = None,
-                 cache_dir: str | None = None):
+    def __init__(self, dataset: RecDataset, *, embedding_dim: int, knn_k: int, modality_weights: dict[str, float],
+                 n_mm_layers: int, n_ui_layers: int, prune_ratio: float, modality_bpr_weight: float,
+                 finetune_features: bool, modalities: list[str] | None, missing_features: str, backend: str,
+                 cache_dir: str | None):
         super().__init__(dataset.n_users, dataset.n_items)
         features = item_modalities(dataset, "FREEDOM", modalities, missing_features)
         self.modalities = list(features)
@@ -60,12 +59,12 @@ class FREEDOM(Recommender):
         self.item_emb = id_embedding(self.n_items, d)
         self.features = feature_tables(features, trainable=finetune_features)
         self.projections = nn.ModuleDict({m: nn.Linear(x.shape[1], d) for m, x in features.items()})
-        weights = mixing_weights(self.modalities, modality_weights or {})
+        weights = mixing_weights(self.modalities, dict(modality_weights))
         mix = sum(w * sym_normalize(cached_knn_similarity_graph(features[m], knn_k, False, cache_dir,
                                                                 f"knn-freedom-{m}"))
                   for m, w in weights.items())
         self.item_graph = SparseOperator(mix)  # directed kNN graph
-        self.propagate = lightgcn_propagation(graph_backend(encoder), n_ui_layers)
+        self.propagate = lightgcn_propagation(backend, n_ui_layers)
         self.full_adj = ConstantSparse(normalized_bipartite_adjacency(dataset.train))
         self.pruned_adj = self.full_adj
 

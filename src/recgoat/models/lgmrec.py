@@ -14,7 +14,7 @@ from recgoat.graphs import normalized_bipartite_adjacency, row_mean
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
 from recgoat.models.inputs import item_modalities
 from recgoat.nn import ConstantSparse, SparseOperator, bpr_loss, embedding_norm_penalty, spmm
-from recgoat.nn.backends import graph_backend, lightgcn_propagation
+from recgoat.nn.backends import lightgcn_propagation
 
 
 class LGMRec(Recommender):
@@ -44,13 +44,13 @@ class LGMRec(Recommender):
         keep_rate: hyperedge dropout keep probability.
         alpha: weight of the global embedding.
         cl_weight, reg_weight, tau: loss weights and temperature.
-        encoder: ``{backend: pyg|dgl}``, the graph library of the LightGCN layers.
+        modalities, missing_features: as for the other multimodal models.
+        backend: ``pyg`` or ``dgl``, the graph library of the LightGCN layers.
     """
 
-    def __init__(self, dataset: RecDataset, embedding_dim: int = 64, n_ui_layers: int = 2, n_mm_layers: int = 2,
-                 n_hyper_layer: int = 1, hyper_num: int = 4, keep_rate: float = 0.5, alpha: float = 0.3,
-                 cl_weight: float = 1e-4, reg_weight: float = 1e-6, tau: float = 0.2,
-                 modalities: list[str] | None = None, missing_features: str = "error", encoder: dict | None = None):
+    def __init__(self, dataset: RecDataset, *, embedding_dim: int, n_ui_layers: int, n_mm_layers: int,
+                 n_hyper_layer: int, hyper_num: int, keep_rate: float, alpha: float, cl_weight: float,
+                 reg_weight: float, tau: float, modalities: list[str] | None, missing_features: str, backend: str):
         super().__init__(dataset.n_users, dataset.n_items)
         features = item_modalities(dataset, "LGMRec", modalities, missing_features)
         self.modalities = list(features)
@@ -73,7 +73,7 @@ class LGMRec(Recommender):
         r = sp.csr_matrix(dataset.train, dtype=np.float32)
         self.r = SparseOperator(r)
         self.r_mean = SparseOperator(row_mean(dataset.train))                # mean over the user's items
-        self.propagate = lightgcn_propagation(graph_backend(encoder), n_ui_layers)
+        self.propagate = lightgcn_propagation(backend, n_ui_layers)
 
     def _assign(self, logits: Tensor) -> Tensor:
         """Soft hyperedge memberships: Gumbel-softmax (training, with dropout) or softmax (evaluation)."""

@@ -10,7 +10,7 @@ from recgoat.graphs.knn import cached_knn_similarity_graph
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
 from recgoat.models.inputs import feature_tables, item_modalities
 from recgoat.nn import ConstantSparse, SparseOperator, bpr_loss, info_nce
-from recgoat.nn.backends import graph_backend, lightgcn_propagation
+from recgoat.nn.backends import lightgcn_propagation
 
 
 class MGCN(Recommender):
@@ -40,13 +40,13 @@ class MGCN(Recommender):
         cl_weight: weight of the self-supervised term (the authors' ``cl_loss``).
         tau: InfoNCE temperature.
         finetune_features: train the raw feature matrices too (the authors' code does).
-        encoder: ``{backend: pyg|dgl}``, the graph library of the LightGCN layers.
+        modalities, missing_features, cache_dir: as for the other multimodal models.
+        backend: ``pyg`` or ``dgl``, the graph library of the LightGCN layers.
     """
 
-    def __init__(self, dataset: RecDataset, embedding_dim: int = 64, knn_k: int = 10, n_layers: int = 1,
-                 n_ui_layers: int = 2, reg_weight: float = 1e-4, cl_weight: float = 0.01, tau: float = 0.2,
-                 finetune_features: bool = True, modalities: list[str] | None = None,
-                 missing_features: str = "error", encoder: dict | None = None, cache_dir: str | None = None):
+    def __init__(self, dataset: RecDataset, *, embedding_dim: int, knn_k: int, n_layers: int, n_ui_layers: int,
+                 reg_weight: float, cl_weight: float, tau: float, finetune_features: bool,
+                 modalities: list[str] | None, missing_features: str, backend: str, cache_dir: str | None):
         super().__init__(dataset.n_users, dataset.n_items)
         features = item_modalities(dataset, "MGCN", modalities, missing_features)
         self.modalities = list(features)
@@ -69,7 +69,7 @@ class MGCN(Recommender):
         self.adj = ConstantSparse(adj)
         r = adj[: self.n_users, self.n_users:]
         self.r_hat = SparseOperator(r)
-        self.propagate = lightgcn_propagation(graph_backend(encoder), n_ui_layers)
+        self.propagate = lightgcn_propagation(backend, n_ui_layers)
 
     def views(self) -> tuple[Tensor, Tensor]:
         """``(E^ui, E^side)``, each ``[n_users + n_items, d]`` (users first)."""

@@ -28,8 +28,8 @@ class VBPR(Recommender):
         missing_features: ``error`` or ``mean`` for all-zero feature rows.
     """
 
-    def __init__(self, dataset: RecDataset, embedding_dim: int = 64, reg_weight: float = 0.1,
-                 modalities: list[str] | None = None, missing_features: str = "error"):
+    def __init__(self, dataset: RecDataset, *, embedding_dim: int, reg_weight: float, modalities: list[str] | None,
+                 missing_features: str):
         super().__init__(dataset.n_users, dataset.n_items)
         features = item_modalities(dataset, "VBPR", modalities, missing_features)
         self.modalities = list(features)

@@ -13,7 +13,7 @@ BACKENDS = ("pyg", "dgl")
 DGL_INSTALL_HINT = (
     "DGL's PyPI wheels need torch <= 2.2.1 (CPU only), so it lives in an environment of its own: "
     "`make test-dgl` builds one (.venv-dgl: torch==2.2.1, dgl==2.1.0, torchdata==0.7.1, setuptools<70, "
-    "numpy<2) and runs the parity tests there; or keep model.encoder.backend=pyg")
+    "numpy<2) and runs the parity tests there; or keep model.backend=pyg")
 
 
 class BackendUnavailable(ImportError):
@@ -23,20 +23,15 @@ class BackendUnavailable(ImportError):
 def check_backend(backend: str) -> str:
     """Validate ``backend`` and, for DGL, import it now (at start-up, not at the first forward pass)."""
     if backend not in BACKENDS:
-        raise ValueError(f"model.encoder.backend must be one of {BACKENDS}, got {backend!r}")
+        raise ValueError(f"model.backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "dgl":
         try:
             import dgl  # noqa: F401
         except Exception as e:  # ImportError, or DGL's own error when its C++ libraries miss this torch
             raise BackendUnavailable(
-                f"model.encoder.backend=dgl needs DGL, which cannot be imported here "
+                f"model.backend=dgl needs DGL, which cannot be imported here "
                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). {DGL_INSTALL_HINT}") from e
     return backend
-
-
-def graph_backend(encoder: dict | None) -> str:
-    """The backend named by a model's ``encoder`` config (``{backend: pyg|dgl}``; default ``pyg``), checked."""
-    return check_backend(dict(encoder or {}).get("backend", "pyg"))
 
 
 def gat_conv(backend: str, in_channels: int, out_channels: int, heads: int, negative_slope: float,
@@ -50,7 +45,8 @@ def gat_conv(backend: str, in_channels: int, out_channels: int, heads: int, nega
 
 
 def lightgcn_propagation(backend: str, n_layers: int) -> nn.Module:
-    """LightGCN's parameter-free propagation over a normalised sparse adjacency."""
+    """LightGCN's parameter-free propagation over a normalised sparse adjacency (:class:`LightGCNPropagation`)
+    in the graph library ``backend``."""
     if check_backend(backend) == "dgl":
         from recgoat.nn.dgl_backend import DGLLightGCNPropagation
         return DGLLightGCNPropagation(n_layers)

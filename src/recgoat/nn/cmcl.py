@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def info_nce(anchor: Tensor, positive: Tensor, tau: float) -> Tensor:
@@ -27,3 +27,28 @@ def cmcl_loss(modalities: dict[str, Tensor], fused: Tensor, tau: float) -> Tenso
     *towards* the fused space; unlike the authors' released code there is no ``1 - InfoNCE`` term.
     """
     return torch.stack([info_nce(z_m, fused, tau) for z_m in modalities.values()]).mean()
+
+
+class CMCL(nn.Module):
+    r"""RecGOAT's instance-level alignment term, :func:`cmcl_loss` with its temperature and its weight
+    in the model's objective.
+
+    Args:
+        weight: :math:`\lambda_{cl}`, the multiplier of the term in the model's loss.
+        tau: InfoNCE temperature.
+
+    Shapes: ``modalities`` ``{m: [B, d]}``, ``fused`` ``[B, d]`` -> scalar (unweighted).
+    """
+
+    def __init__(self, weight: float, tau: float):
+        super().__init__()
+        if tau <= 0:
+            raise ValueError(f"cmcl.tau must be > 0, got {tau}")
+        self.weight = weight
+        self.tau = tau
+
+    def forward(self, modalities: dict[str, Tensor], fused: Tensor) -> Tensor:
+        return cmcl_loss(modalities, fused, self.tau)
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}, tau={self.tau}"

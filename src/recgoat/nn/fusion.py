@@ -14,7 +14,8 @@ class AdaptiveFusion(nn.Module):
     Args:
         names: ``["id", <modality>, ...]`` in the order the inputs are given.
         dim: d.
-        init: initial weight per name; names not listed start at ``default_init``.
+        init: initial weight per name (the authors' ``{id: 0.15, text: 0.8, image: 0.05}``); names not listed
+            (e.g. an audio modality) start at ``default_init``; names of absent modalities are ignored.
         dropout: dropout after LayerNorm.
         normalize: the final L2 normalisation of method.md (default). ``False`` keeps the LayerNorm output's
             norm, so an item's score ``<z_u, z_i>`` can grow with ``||z_i||`` as LightGCN's does (design option).
@@ -23,10 +24,10 @@ class AdaptiveFusion(nn.Module):
             ``False`` leaves the weighted sum as it is (design option).
     """
 
-    def __init__(self, names: list[str], dim: int, init: dict[str, float] | None = None, default_init: float = 0.5,
+    def __init__(self, names: list[str], dim: int, init: dict[str, float], default_init: float = 0.5,
                  dropout: float = 0.1, normalize: bool = True, layer_norm: bool = True):
         super().__init__()
-        init = dict(init or {})
+        init = dict(init)
         self.names = list(names)
         self.weights = nn.Parameter(torch.tensor([float(init.get(n, default_init)) for n in self.names]))
         self.norm = nn.LayerNorm(dim) if layer_norm else nn.Identity()
@@ -41,4 +42,7 @@ class AdaptiveFusion(nn.Module):
         return F.normalize(fused, dim=-1) if self.normalize else fused
 
     def weight_dict(self) -> dict[str, float]:
-        return {n: float(w) for n, w in zip(self.names, self.weights.detach().cpu(), strict=False)}
+        return {n: float(w) for n, w in zip(self.names, self.weights.detach().cpu(), strict=True)}
+
+    def extra_repr(self) -> str:
+        return f"names={self.names}, dropout={self.dropout}, normalize={self.normalize}"

@@ -154,13 +154,15 @@ class SinkhornW1(nn.Module):
     quadratic cost.
 
     Args:
+        weight: :math:`\lambda_{ot}`, the multiplier of the term in the model's loss.
         blur: geomloss blur (the entropic scale is blur^p = blur for p=1).
         scaling: geomloss's epsilon-scaling ratio.
         max_points: subsample size (``None``: all points).
     """
 
-    def __init__(self, blur: float = 0.05, scaling: float = 0.5, max_points: int | None = 128):
+    def __init__(self, weight: float = 0.05, blur: float = 0.05, scaling: float = 0.5, max_points: int | None = 128):
         super().__init__()
+        self.weight = weight
         self.max_points = max_points
         self.loss = SamplesLoss("sinkhorn", p=1, blur=blur, scaling=scaling, debias=True, backend="tensorized")
 

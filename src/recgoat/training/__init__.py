@@ -1,8 +1,8 @@
 """Lightning training spine shared by every recommender."""
-from recgoat.training.callbacks import EarlyStopping, EpochSummary, Timings
+from recgoat.training.callbacks import EarlyStopping, EpochSummary, RunSummary, Timings
 from recgoat.training.datamodule import RecDataModule, UserBatches
 from recgoat.training.module import RecModule
 from recgoat.training.sampling import BPRBatches, NegativeSampler
 
-__all__ = ["BPRBatches", "EarlyStopping", "EpochSummary", "NegativeSampler", "RecDataModule", "RecModule", "Timings",
-           "UserBatches"]
+__all__ = ["BPRBatches", "EarlyStopping", "EpochSummary", "NegativeSampler", "RecDataModule", "RecModule",
+           "RunSummary", "Timings", "UserBatches"]

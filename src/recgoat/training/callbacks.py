@@ -1,11 +1,14 @@
-"""Callbacks: wall-clock timings and a one-line summary per epoch."""
+"""Callbacks: wall-clock timings, a one-line summary per epoch, the run's results after the test."""
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping as _LightningEarlyStopping
+
+from recgoat.utils.results import metrics_table, write_json_atomic
 
 log = logging.getLogger("recgoat")
 
@@ -101,3 +104,60 @@ class EpochSummary(pl.Callback):
             parts.append(f"best {self.best:.4f}@{self.best_epoch}")
         parts.append(f"{time.perf_counter() - self._t0:.1f}s")
         log.info(" | ".join(parts))
+
+
+class RunSummary(pl.Callback):
+    """After the test (once, on the best checkpoint): builds the run's results, logs the final valid/test metrics
+    to every logger (a table on W&B), and on rank 0 writes ``results.json`` and prints the table.
+
+    Args:
+        output_dir: the run directory.
+        info: what the run knows before training (name, model, dataset statistics, seed, parameters, config,
+            load time); the results add the best epoch, metrics, history and timings.
+        timings: the run's :class:`Timings` callback.
+    """
+
+    def __init__(self, output_dir: str | Path, info: dict, timings: Timings):
+        self.output_dir = Path(output_dir)
+        self.info = info
+        self.timings = timings
+        self.results: dict | None = None
+        self._fit_t0 = None
+        self._fit_s = 0.0
+
+    def on_fit_start(self, trainer, pl_module):
+        self._fit_t0 = time.perf_counter()
+
+    def on_fit_end(self, trainer, pl_module):
+        self._fit_s = time.perf_counter() - self._fit_t0
+
+    def on_test_end(self, trainer, pl_module):
+        trained = pl_module.model.trainable
+        best_epoch = pl_module.checkpoint_epoch if trained else None
+        history = pl_module.valid_history
+        valid = next((dict(h) for h in history if h["epoch"] == best_epoch), None)
+        if valid is None:  # untrained models (validated once), or a history lost with an old checkpoint
+            valid = pl_module.last_metrics["valid"]
+        valid.pop("epoch", None)
+        test = pl_module.last_metrics["test"]
+        best_path = trainer.checkpoint_callback.best_model_path if trained and trainer.checkpoint_callback else None
+        self.results = {
+            **{k: self.info[k] for k in ("name", "model", "dataset", "seed")},
+            "best_epoch": best_epoch, "best_checkpoint": best_path or None,
+            "valid": valid, "test": test, "valid_history": history,
+            "n_parameters": self.info["n_parameters"],
+            "timings": {"load_s": self.info["load_s"], "fit_s": self._fit_s, **self.timings.summary()},
+            "config": self.info["config"],
+        }
+        final = {f"final/{split}/{k}": v for split, m in (("valid", valid), ("test", test)) for k, v in m.items()}
+        for lg in trainer.loggers:
+            lg.log_metrics({**final, "final/best_epoch": best_epoch if best_epoch is not None else -1})
+            if hasattr(lg, "log_table"):  # W&B: the final valid/test table
+                lg.log_table(key="final_metrics", columns=["metric", "valid", "test"],
+                             data=[[k, valid[k], test[k]] for k in test])
+        if trainer.is_global_zero:
+            write_json_atomic(self.output_dir / "results.json", self.results)
+            title = (f"{self.results['model']} on {self.results['dataset']['name']}: metrics at the best valid epoch "
+                     f"({best_epoch if best_epoch is not None else 'untrained'}), seed {self.results['seed']}")
+            print("\n" + metrics_table({"valid": valid, "test": test}, title=title))
+            print(f"results: {self.output_dir / 'results.json'}")

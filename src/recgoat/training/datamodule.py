@@ -33,12 +33,15 @@ class RecDataModule(pl.LightningDataModule):
     Args:
         dataset: the data (already loaded; the DataModule never reads files).
         batch_size: training pairs per batch (per device).
-        eval_batch_size: users per evaluation batch.
+        eval_batch_size: users per evaluation batch (the evaluator's ``user_batch``: users are batched once).
         seed: seed of the epoch permutations and negatives.
     """
 
-    def __init__(self, dataset: RecDataset, batch_size: int = 2048, eval_batch_size: int = 2048, seed: int = 0):
+    def __init__(self, dataset: RecDataset, *, batch_size: int, eval_batch_size: int, seed: int):
         super().__init__()
+        for name, value in (("datamodule.batch_size", batch_size), ("datamodule.eval_batch_size", eval_batch_size)):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size

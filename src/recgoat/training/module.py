@@ -26,21 +26,21 @@ class RecModule(pl.LightningModule):
         model: the recommender.
         dataset: the data (for masks and held-out sets).
         optimizer: a partial ``torch.optim`` constructor taking the parameters.
-        ks: metric cut-offs.
-        eval_user_batch, eval_item_chunk: evaluator memory bounds.
-        run_config: the resolved run config, stored in checkpoints.
+        evaluator: the full-ranking evaluator (built on ``dataset.train``).
+        run_config: the resolved run config: the module's hyper-parameters (so loggers record it) and
+            stored in checkpoints.
     """
 
-    def __init__(self, model: Recommender, dataset: RecDataset, optimizer: Callable | None = None,
-                 ks=(10, 20), eval_user_batch: int = 2048, eval_item_chunk: int | None = None,
-                 run_config: dict | None = None):
+    def __init__(self, model: Recommender, dataset: RecDataset, optimizer: Callable,
+                 evaluator: FullRankingEvaluator, run_config: dict):
         super().__init__()
+        self.save_hyperparameters(run_config)
         self.model = model
         self.dataset = dataset
         self.optimizer_factory = optimizer
         self.run_config = run_config
-        self.evaluator = FullRankingEvaluator(dataset.train, ks=ks, user_batch=eval_user_batch,
-                                              item_chunk=eval_item_chunk)
+        self.evaluator = evaluator
+        self.checkpoint_epoch: int | None = None  # the epoch of the checkpoint last loaded (the best, at test)
         self._scorer = None
         self._sums: MetricSums | None = None
         self.last_metrics: dict[str, dict[str, float]] = {}
@@ -61,8 +61,6 @@ class RecModule(pl.LightningModule):
         return out["loss"]
 
     def configure_optimizers(self):
-        if self.optimizer_factory is None:
-            raise ValueError("no optimizer configured")
         return self.optimizer_factory(params=[p for p in self.model.parameters() if p.requires_grad])
 
     # ---- evaluation -------------------------------------------------------------------------
@@ -111,9 +109,13 @@ class RecModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.checkpoint_epoch = int(checkpoint["epoch"])
+        resuming = self.trainer is not None and self.trainer.state.fn == "fit"
+        if not resuming:  # testing the best checkpoint keeps the whole history of the fit
+            return
         self.valid_history = list(checkpoint.get("valid_history", []))
         rng = checkpoint.get("rng_state")
-        if rng and self.trainer is not None and self.trainer.state.fn == "fit":
+        if rng:
             torch.set_rng_state(rng["torch"])
             name, keys, pos, has_gauss, cached = rng["numpy"]
             np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))

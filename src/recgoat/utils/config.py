@@ -1,10 +1,11 @@
-"""Hydra/OmegaConf helpers: where the configs live and resolvers they use."""
+"""Hydra/OmegaConf helpers: where the configs live, composing them outside a Hydra app, checking them."""
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
@@ -41,6 +42,61 @@ def wandb_group() -> str | None:
         return None
     hc = HydraConfig.get()
     return Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
+
+
+class ConfigError(ValueError):
+    """A config names a key its component does not take."""
+
+
+def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config") -> DictConfig:
+    """The config ``python -m recgoat.run <overrides>`` composes, outside a Hydra app (tests, benchmarks,
+    notebooks), without the ``hydra`` node; interpolations of ``${hydra:...}`` are left unresolved."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return hydra_compose(config_name, overrides=list(overrides))
+
+
+def build_model(dataset, overrides: list[str] | tuple[str, ...] = ()):
+    """The model ``python -m recgoat.run <overrides>`` trains, built on ``dataset`` from its real config."""
+    from hydra.utils import instantiate
+
+    cfg = compose(overrides)
+    check_targets(cfg)
+    return instantiate(cfg.model)(dataset=dataset)
+
+
+def check_targets(cfg: DictConfig) -> None:
+    """Every key of every ``_target_`` node must be a parameter of its target, so a misspelt key (``cmcl.tua``)
+    fails at start-up, naming its path, instead of being silently ignored. Targets taking ``**kwargs`` (Lightning
+    loggers and callbacks) are checked by their own code."""
+    from hydra.utils import get_object
+
+    def walk(node, path: str) -> None:
+        if isinstance(node, dict):
+            target = node.get("_target_")
+            if isinstance(target, str):
+                try:
+                    params = inspect.signature(get_object(target)).parameters
+                except Exception as e:
+                    raise ConfigError(f"{path or '<root>'}._target_: cannot import {target!r} ({e})") from e
+                if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+                    unknown = [k for k in node if not str(k).startswith("_") and k not in params]
+                    if unknown:
+                        takes = [n for n, p in params.items() if p.kind != p.VAR_POSITIONAL]
+                        raise ConfigError(f"{path or '<root>'}: unknown key(s) {unknown} for {target} "
+                                          f"(it takes: {', '.join(takes)})")
+            for k, v in node.items():
+                walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+
+    root = OmegaConf.to_container(cfg, resolve=False)
+    walk({k: v for k, v in root.items() if k != "hydra"}, "")  # Hydra checks its own nodes
 
 
 def register_resolvers() -> None:
