@@ -38,9 +38,11 @@ def run_in_process(overrides: list[str], output_dir: Path) -> dict:
     return train(cfg, output_dir=output_dir)
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """The real command line, from an unrelated working directory."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+def run_cli(args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None,
+            replace_env: bool = False) -> subprocess.CompletedProcess:
+    """The real command line, from an unrelated working directory; raises with its output if it fails.
+    ``env`` is added to this process's environment, or replaces it with ``replace_env``."""
+    full_env = {**({} if replace_env else os.environ), "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "recgoat.run", *args], cwd=cwd, env=full_env, text=True,
                           capture_output=True, timeout=timeout)
     if proc.returncode != 0:

@@ -46,6 +46,7 @@ def random_graph(n: int, avg_degree: int, seed: int) -> CSRGraph:
 
 
 # ---- everywhere --------------------------------------------------------------------------------
+@needs_dgl  # where DGL cannot be imported it cannot be imported by mistake either
 def test_the_package_does_not_import_dgl_unless_selected():
     code = ("import sys, recgoat, recgoat.run, recgoat.models, recgoat.nn, recgoat.graphs, recgoat.training, "
             "recgoat.recommend, recgoat.export, recgoat.report; print('dgl' in sys.modules)")

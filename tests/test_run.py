@@ -1,16 +1,19 @@
 """The training spine end to end: configs compose, runs select on valid, results carry their config."""
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import QUIET, TINY_DATA, load_results, run_cli, run_in_process
+from tests.helpers import QUIET, TINY_DATA, load_results, read_wandb_log, run_cli, run_in_process
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-@pytest.mark.parametrize("model", [p.stem for p in sorted((CONF / "model").glob("*.yaml"))])
+# the d=800 preset is composed and instantiated by tests/test_config.py; training it here would add nothing
+@pytest.mark.parametrize("model", [p.stem for p in sorted((CONF / "model").glob("*.yaml")) if "authors" not in p.stem])
 def test_every_model_config_trains_and_evaluates(tmp_path, model):
     res = run_in_process([f"model={model}", *TINY_DATA, *QUIET, "trainer.max_epochs=3"], tmp_path)
     assert (tmp_path / "results.json").exists()
@@ -52,28 +55,41 @@ def test_bad_dataset_path_fails_with_a_clear_message(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_from_another_directory_writes_results_and_prints_the_table(tmp_path):
+def test_cli_from_another_directory_writes_results_logs_and_prints_the_table(tmp_path):
+    """The real command line from an unrelated directory, with the CSV and the (offline) W&B logger at once."""
     run_dir = tmp_path / "run"
-    proc = run_cli([*TINY_DATA, "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
-                    f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    assert "metric" in proc.stdout and "recall@20" in proc.stdout and "valid" in proc.stdout
-    res = load_results(run_dir)
-    assert res["config"]["seed"] == 999 and (run_dir / "csv" / "metrics.csv").exists()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update({"WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"})
+    proc = run_cli([*TINY_DATA, "trainer.max_epochs=2", "logger=[csv,wandb]", f"hydra.run.dir={run_dir}"],
+                   cwd=tmp_path, env=env, replace_env=True)
+    results = load_results(run_dir)
+    assert "metric" in proc.stdout and f"{results['test']['recall@20']:.4f}" in proc.stdout  # the printed table
+    assert results["config"]["seed"] == 999 and (run_dir / "csv" / "metrics.csv").exists()
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
-    assert (run_dir / ".hydra" / "config.yaml").exists()
+    assert "debug=tiny" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, "W&B did not run offline without an API key"
+    records = read_wandb_log(next(runs[0].glob("run-*.wandb")))
+    history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item} for r in records
+               if r.WhichOneof("record_type") == "history"]
+    config = {i.key: json.loads(i.value_json) for r in records if r.WhichOneof("record_type") == "config"
+              for i in r.config.update}
+    valid_curve = [h["valid/recall@20"] for h in history if "valid/recall@20" in h]
+    assert valid_curve == pytest.approx([h["recall@20"] for h in results["valid_history"]], rel=1e-6)
+    assert sum("train/loss" in h for h in history) == 2                       # per-epoch losses
+    final = next(h for h in history if "final/test/recall@20" in h)
+    assert final["final/test/recall@20"] == pytest.approx(results["test"]["recall@20"])
+    assert config["seed"] == 999 and config["dataset"]["_target_"] == "recgoat.data.make_synthetic"
 
 
-@pytest.mark.slow
-def test_default_job_beats_popularity(tmp_path):
-    """The README's main command on the default data: LightGCN must beat MostPop on test Recall@20."""
-    # the whole default job (65 s measured on 2 idle cores): the timeout only guards against a hang, so it leaves
-    # room for a shared, slower CI runner
-    run_cli(["trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'lgcn'}"], cwd=tmp_path,
-                      timeout=1500)
-    run_cli(["model=mostpop", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'pop'}"],
-                  cwd=tmp_path)
-    lgcn, mp = load_results(tmp_path / "lgcn"), load_results(tmp_path / "pop")
-    assert lgcn["test"]["recall@20"] > 1.5 * mp["test"]["recall@20"]
+def test_lightgcn_beats_popularity_on_the_tiny_data(tmp_path):
+    """LightGCN must learn more than item popularity (the README's main job checks the same on the default data,
+    in CI: .ci/run runs it)."""
+    lgcn = run_in_process([*TINY_DATA, *QUIET, "trainer.max_epochs=30", "callbacks.early_stopping.warmup_epochs=30"],
+                          tmp_path / "lgcn")
+    pop = run_in_process([*TINY_DATA, *QUIET, "model=mostpop"], tmp_path / "pop")
+    assert lgcn["test"]["recall@20"] > 1.15 * pop["test"]["recall@20"]
 
 
 def test_early_stopping_warmup_counts_patience_only_after_it(tmp_path):

@@ -79,7 +79,7 @@ class Timings(pl.Callback):
 class EpochSummary(pl.Callback):
     """Logs one line per epoch: losses, the monitored metric, and the best so far."""
 
-    def __init__(self, monitor: str = "valid/recall@20", extra: tuple[str, ...] = ("valid/ndcg@20",)):
+    def __init__(self, monitor: str, extra: tuple[str, ...] = ("valid/ndcg@20",)):
         self.monitor = monitor
         self.extra = extra
         self.best = float("-inf")

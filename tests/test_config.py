@@ -1,0 +1,143 @@
+"""Configs as the single source of truth: every config composes and instantiates, every component key is one its
+target takes, and no Python default differs from the yaml that sets it."""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import get_object, instantiate
+from omegaconf import OmegaConf
+
+from recgoat.models import Recommender
+from recgoat.utils.config import ConfigError, build_model, check_targets, compose
+from tests.conftest import SHARED_DATA
+from tests.helpers import compose_cfg, run_in_process
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def options(group: str) -> list[str]:
+    return [p.stem for p in sorted((CONF / group).glob("*.yaml"))]
+
+
+def target_nodes(node, path=""):
+    """``(path, node)`` of every ``_target_`` node of a plain config tree."""
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield path, node
+        for k, v in node.items():
+            yield from target_nodes(v, f"{path}.{k}" if path else k)
+
+
+# dataset loaders are the data API: their None defaults mean "derive it" (a name from the folder, no modalities)
+GROUP_CONFIGS = [("model", m) for m in options("model")] + [("callbacks", c) for c in options("callbacks")] + [
+    ("optimizer", o) for o in options("optimizer")]
+
+
+@pytest.mark.parametrize("group,option", GROUP_CONFIGS, ids=[f"{g}={o}" for g, o in GROUP_CONFIGS])
+def test_no_python_default_differs_from_the_yaml(group, option):
+    cfg = compose([f"{group}={option}"])
+    tree = OmegaConf.to_container(cfg[group], resolve=False)
+    checked = 0
+    for path, node in target_nodes(tree, group):
+        if not node["_target_"].startswith("recgoat."):
+            continue  # third-party defaults (Lightning, torch) are not ours to keep in step
+        params = inspect.signature(get_object(node["_target_"])).parameters
+        for key, value in node.items():
+            if key.startswith("_") or isinstance(value, str) and "${" in value or key not in params:
+                continue  # private keys, interpolations, and keys a **kwargs parent class takes
+            default = params[key].default
+            if default is not inspect.Parameter.empty:
+                plain = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+                assert default == plain, f"{path}.{key}: Python default {default!r} differs from the yaml's {plain!r}"
+            checked += 1
+    assert checked or group == "optimizer" or option == "mostpop"
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_model_constructors_have_no_defaults_and_the_yaml_sets_every_argument(model):
+    node = OmegaConf.to_container(compose([f"model={model}"]).model, resolve=False)
+    cls = get_object(node["_target_"])
+    assert issubclass(cls, Recommender)
+    params = dict(inspect.signature(cls).parameters)
+    params.pop("dataset")
+    assert [n for n, p in params.items() if p.default is not inspect.Parameter.empty] == []
+    assert set(params) == {k for k in node if not k.startswith("_")}
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes_and_its_model_instantiates(experiment, tiny_synthetic, tmp_path):
+    overrides = [f"+experiment={experiment}", f"paths.cache_dir={tmp_path}"]
+    cfg = compose(overrides)
+    check_targets(cfg)
+    if cfg.model.get("embedding_dim", 64) > 64:  # the d=800 preset: build it at d=64 here
+        overrides.append("model.embedding_dim=64")
+    model = build_model(tiny_synthetic, overrides)
+    assert isinstance(model, Recommender) and model.scorer().score(torch.tensor([0, 1])).shape == (2, 90)
+
+
+@pytest.mark.parametrize("dataset", options("dataset"))
+def test_every_dataset_config_composes_and_loads(dataset, tmp_path):
+    if dataset == "mmrec":
+        folder = tmp_path / "toy"
+        folder.mkdir()
+        rows = [(u, i, 5, 0, 0 if i < 4 else 1 + (i % 2)) for u in range(6) for i in range(6)]
+        (folder / "toy.inter").write_text("userID\titemID\trating\ttimestamp\tx_label\n"
+                                          + "".join("\t".join(map(str, r)) + "\n" for r in rows))
+        cfg = compose([f"dataset={dataset}", f"dataset.path={folder}"])
+    else:
+        cfg = compose([f"dataset={dataset}"])
+        if dataset != "synthetic" and not SHARED_DATA.exists():
+            pytest.skip(f"third-party data {SHARED_DATA} not present")
+        feature_dir = cfg.dataset.get("feature_dir")
+        if feature_dir and not Path(feature_dir).exists():
+            pytest.skip(f"{dataset} needs features built by python -m recgoat.features (not at {feature_dir})")
+    check_targets(cfg)
+    data = instantiate(cfg.dataset)
+    assert data.n_users > 0 and data.n_items > 0 and data.train.nnz > 0
+
+
+@pytest.mark.parametrize("overrides", [["hydra/launcher=local_parallel"], ["hydra/launcher=slurm"],
+                                       ["+hparams_search=recgoat_optuna"], ["+hparams_search=lightgcn_optuna"]],
+                         ids=lambda o: o[0])
+def test_launcher_and_sweeper_configs_instantiate(overrides, tmp_path):
+    cfg = compose_cfg(overrides, tmp_path)
+    node = cfg.hydra.launcher if "launcher" in overrides[0] else cfg.hydra.sweeper
+    assert type(instantiate(node)).__name__ == node._target_.rsplit(".", 1)[1]
+
+
+@pytest.mark.parametrize("overrides", [[f"trainer={t}"] for t in options("trainer")]
+                         + [[f"logger={lg}"] for lg in options("logger")], ids=lambda o: o[0])
+def test_trainer_and_logger_configs_instantiate(overrides, tmp_path):
+    if overrides == ["trainer=gpu"] and not torch.cuda.is_available():
+        pytest.skip("trainer=gpu needs CUDA")
+    cfg = compose_cfg(overrides, tmp_path)
+    loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    assert trainer.max_epochs == cfg.trainer.max_epochs and len(trainer.loggers) == len(loggers)
+
+
+def test_a_misspelt_component_key_fails_at_start_up_naming_its_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.cmcl: unknown key\(s\) \['tua'\] for recgoat\.nn\.CMCL "
+                                          r"\(it takes: weight, tau\)"):
+        run_in_process(["model=recgoat", "+model.cmcl.tua=0.5", "debug=fast"], tmp_path)
+    assert not (tmp_path / "results.json").exists()
+    with pytest.raises(ConfigError, match=r"model: unknown key\(s\) \['mode'\] for recgoat\.models\.RecGOAT"):
+        run_in_process(["model=recgoat", "+model.mode=naive", "debug=fast"], tmp_path)
+
+
+@pytest.mark.parametrize("model", ["lightgcn", "recgoat"])
+def test_debug_fast_runs_any_model_on_the_default_data(model, tmp_path):
+    res = run_in_process(["debug=fast", f"model={model}", f"paths.cache_dir={tmp_path}"], tmp_path)
+    assert res["timings"]["epochs"] == 1 and res["best_epoch"] == 0
+    assert res["config"]["trainer"]["limit_train_batches"] == 3 and res["dataset"]["name"] == "synthetic"
+
+
+def test_debug_tiny_is_the_tests_tiny_data(tmp_path, tiny_synthetic):
+    cfg = compose(["debug=tiny"])
+    data = instantiate(cfg.dataset)
+    assert (data.n_users, data.n_items) == (150, 100)
+    assert {m: x.shape[1] for m, x in data.item_features.items()} == {"text": 8, "image": 12}
