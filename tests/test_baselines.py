@@ -115,13 +115,13 @@ def test_freedom_trains_on_the_pruned_graph_and_ranks_on_the_full_one(tiny_synth
     model = build(FREEDOM, tiny_synthetic, tmp_path, "model.prune_ratio=0.8")
     n_nodes = tiny_synthetic.n_users + tiny_synthetic.n_items
     model.on_train_epoch_start(3)
-    pruned = model.pruned_adj.host
+    pruned = model.pruned_adj.matrix()
     assert pruned._nnz() == 2 * int(tiny_synthetic.train.nnz * 0.2) and pruned.shape == (n_nodes, n_nodes)
     first = pruned.col_indices().clone()
     model.on_train_epoch_start(4)
-    assert not torch.equal(first, model.pruned_adj.host.col_indices())
+    assert not torch.equal(first, model.pruned_adj.matrix().col_indices())
     full = normalized_bipartite_adjacency(tiny_synthetic.train)
-    assert model.full_adj.host._nnz() == full.nnz
+    assert model.full_adj.matrix()._nnz() == full.nnz
     model.eval()
     u_eval, _ = model()
     model.train()

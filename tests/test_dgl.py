@@ -11,8 +11,8 @@ import torch
 from hydra.errors import InstantiationException
 from torch_geometric.nn import GATConv
 
-from recgoat.graphs import normalized_bipartite_adjacency
-from recgoat.nn import CSRGraph, FusedGATConv, LightGCNPropagation, check_backend
+from recgoat.graphs import DeviceCSR, normalized_bipartite_adjacency
+from recgoat.nn import FusedGATConv, LightGCNPropagation, check_backend
 from recgoat.nn.sparse import to_torch_csr
 from recgoat.utils.config import build_model
 from tests.helpers import QUIET, TINY_DATA, run_in_process
@@ -36,13 +36,13 @@ pytestmark = pytest.mark.dgl
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
-def random_graph(n: int, avg_degree: int, seed: int) -> CSRGraph:
+def random_graph(n: int, avg_degree: int, seed: int) -> DeviceCSR:
     g = torch.Generator().manual_seed(seed)
     src = torch.randint(0, n, (n * avg_degree,), generator=g)
     dst = torch.randint(0, n, (n * avg_degree,), generator=g)
     loops = torch.arange(n)
     edges = torch.unique(torch.stack([torch.cat([src, loops]), torch.cat([dst, loops])]), dim=1)
-    return CSRGraph(edges, n)
+    return DeviceCSR.from_edge_index(edges, n)
 
 
 # ---- everywhere --------------------------------------------------------------------------------

@@ -15,14 +15,13 @@ from torch_geometric.nn import GATConv
 from torch_geometric.utils import scatter
 
 from recgoat.data import DataError, RecDataset
-from recgoat.graphs import bipartite_adjacency
+from recgoat.graphs import DeviceCSR, bipartite_adjacency
 from recgoat.graphs.cache import cached_sparse
 from recgoat.graphs.knn import cosine_topk, edge_index, knn_adjacency
 from recgoat.models import RecGOAT
 from recgoat.nn import (
     AdaptiveFusion,
     AttentionPropagation,
-    CSRGraph,
     DimensionTransport,
     FusedGATConv,
     GraphAttentionEncoder,
@@ -90,7 +89,7 @@ def test_graph_cache_is_keyed_by_feature_bytes(tmp_path):
 def test_attention_weights_over_each_nodes_in_edges_sum_to_one(csr):
     x = np.random.default_rng(3).normal(size=(40, 5)).astype(np.float32)
     ei = edge_index(knn_adjacency(x, 4))
-    graph = CSRGraph(ei, 40) if csr else ei
+    graph = DeviceCSR.from_edge_index(ei, 40) if csr else ei
     enc = GraphAttentionEncoder(5, 16, heads=4).eval()
     h = enc.proj(torch.from_numpy(x))
     _, (ei_out, alpha) = enc.layers[0](h, graph, return_attention_weights=True)
@@ -111,7 +110,7 @@ def test_fused_gat_equals_pyg_gatconv_outputs_and_gradients():
     h2 = h1.detach().clone().requires_grad_()
     fused.double()
     reference.double()
-    out1, out2 = fused(h1, CSRGraph(ei, 300)), reference(h2, ei)
+    out1, out2 = fused(h1, DeviceCSR.from_edge_index(ei, 300)), reference(h2, ei)
     torch.testing.assert_close(out1, out2, atol=1e-10, rtol=1e-10)
     w = torch.randn_like(out1)
     (out1 * w).sum().backward()
@@ -135,7 +134,7 @@ def test_fused_gat_is_stable_on_large_scores_and_gives_nodes_without_in_edges_th
     reference.load_state_dict(fused.state_dict())
     h1 = torch.randn(60, 8, dtype=torch.float64, generator=g, requires_grad=True)
     h2 = h1.detach().clone().requires_grad_()
-    out1, out2 = fused(h1, CSRGraph(ei, 60)), reference(h2, ei)
+    out1, out2 = fused(h1, DeviceCSR.from_edge_index(ei, 60)), reference(h2, ei)
     assert torch.isfinite(out1).all()
     torch.testing.assert_close(out1, out2, atol=1e-9, rtol=1e-9)
     torch.testing.assert_close(out1[:5], fused.bias.expand(5, -1))
@@ -282,7 +281,7 @@ def test_attention_propagation_is_the_layer_mean_of_pyg_gatconv_layers():
         refs.append(ref)
     x1 = torch.randn(n, 16, requires_grad=True)
     x2 = x1.detach().clone().requires_grad_(True)
-    out = prop(x1, CSRGraph(ei, n))
+    out = prop(x1, DeviceCSR.from_edge_index(ei, n))
     h, expected = x2, x2
     for ref in refs:
         h = ref(h, ei)
@@ -293,7 +292,7 @@ def test_attention_propagation_is_the_layer_mean_of_pyg_gatconv_layers():
     expected.pow(2).sum().backward()
     torch.testing.assert_close(x1.grad, x2.grad, atol=1e-5, rtol=1e-5)
     cold = n_users + n_items - 1
-    torch.testing.assert_close(prop.layers[0](x1, CSRGraph(ei, n))[cold], prop.layers[0].bias)
+    torch.testing.assert_close(prop.layers[0](x1, DeviceCSR.from_edge_index(ei, n))[cold], prop.layers[0].bias)
 
 
 @pytest.mark.parametrize("normalize", [True, False])

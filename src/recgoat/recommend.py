@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from recgoat.eval import DeviceCSR, top_k
+from recgoat.eval import top_k
+from recgoat.graphs import DeviceCSR
 from recgoat.inference import LoadedModel, load_model
 from recgoat.utils.config import conf_dir
 

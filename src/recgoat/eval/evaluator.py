@@ -16,41 +16,10 @@ import torch
 from torch import Tensor
 
 from recgoat.eval.metrics import METRICS, metric_names, ranking_metrics
+from recgoat.graphs.csr import DeviceCSR
 from recgoat.utils.ranking import merge_topk, topk_stable
 
 ScoreFn = Callable[[Tensor, slice], Tensor]
-
-
-class DeviceCSR:
-    """A scipy CSR matrix mirrored on a torch device, for vectorised row look-ups."""
-
-    def __init__(self, m: sp.csr_matrix):
-        self.shape = m.shape
-        self._host = (torch.from_numpy(m.indptr.astype(np.int64)), torch.from_numpy(m.indices.astype(np.int64)))
-        self._cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
-
-    def _on(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        if device not in self._cache:
-            self._cache[device] = tuple(t.to(device) for t in self._host)
-        return self._cache[device]
-
-    def row_counts(self, rows: Tensor) -> Tensor:
-        indptr, _ = self._on(rows.device)
-        return indptr[rows + 1] - indptr[rows]
-
-    def coords(self, rows: Tensor, cols: slice | None = None) -> tuple[Tensor, Tensor]:
-        """(position in ``rows``, column) of the non-zeros of the given rows, columns within ``cols``."""
-        indptr, indices = self._on(rows.device)
-        start = indptr[rows]
-        count = indptr[rows + 1] - start
-        pos = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), count)
-        offset = torch.arange(int(count.sum()), device=rows.device) - torch.repeat_interleave(
-            count.cumsum(0) - count, count)
-        col = indices[torch.repeat_interleave(start, count) + offset]
-        if cols is not None:
-            keep = (col >= cols.start) & (col < cols.stop)
-            pos, col = pos[keep], col[keep] - cols.start
-        return pos, col
 
 
 class MetricSums:

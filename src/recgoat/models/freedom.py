@@ -6,10 +6,11 @@ from torch import Tensor, nn
 
 from recgoat.data import RecDataset
 from recgoat.graphs import degree_sensitive_pruning, normalized_bipartite_adjacency, sym_normalize
+from recgoat.graphs.csr import DeviceCSR
 from recgoat.graphs.knn import cached_knn_similarity_graph
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
 from recgoat.models.inputs import feature_tables, item_modalities
-from recgoat.nn import ConstantSparse, SparseOperator, bpr_loss
+from recgoat.nn import SparseOperator, bpr_loss
 from recgoat.nn.backends import lightgcn_propagation
 
 
@@ -65,7 +66,7 @@ class FREEDOM(Recommender):
                   for m, w in weights.items())
         self.item_graph = SparseOperator(mix)  # directed kNN graph
         self.propagate = lightgcn_propagation(backend, n_ui_layers)
-        self.full_adj = ConstantSparse(normalized_bipartite_adjacency(dataset.train))
+        self.full_adj = DeviceCSR(normalized_bipartite_adjacency(dataset.train))
         self.pruned_adj = self.full_adj
 
     def on_train_epoch_start(self, epoch: int) -> None:
@@ -73,7 +74,7 @@ class FREEDOM(Recommender):
         if self.prune_ratio > 0:
             g = torch.Generator().manual_seed((torch.initial_seed() * 1_000_003 + epoch) % 2**63)
             kept = degree_sensitive_pruning(self.train_matrix, 1.0 - self.prune_ratio, g)
-            self.pruned_adj = ConstantSparse(normalized_bipartite_adjacency(kept))
+            self.pruned_adj = DeviceCSR(normalized_bipartite_adjacency(kept))
 
     def forward(self) -> tuple[Tensor, Tensor]:
         """Final (user [n_users, d], item [n_items, d]) representations; the pruned graph while training."""
@@ -82,7 +83,7 @@ class FREEDOM(Recommender):
         for _ in range(self.n_mm_layers):
             h = self.item_graph(h)
         adj = self.pruned_adj if self.training else self.full_adj
-        out = self.propagate(torch.cat([self.user_emb, self.item_emb]), adj.on(device))
+        out = self.propagate(torch.cat([self.user_emb, self.item_emb]), adj.matrix(device))
         return out[: self.n_users], out[self.n_users:] + h
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -11,9 +11,10 @@ from torch import Tensor, nn
 
 from recgoat.data import RecDataset
 from recgoat.graphs import normalized_bipartite_adjacency, row_mean
+from recgoat.graphs.csr import DeviceCSR
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
 from recgoat.models.inputs import item_modalities
-from recgoat.nn import ConstantSparse, SparseOperator, bpr_loss, embedding_norm_penalty, spmm
+from recgoat.nn import SparseOperator, bpr_loss, embedding_norm_penalty, spmm
 from recgoat.nn.backends import lightgcn_propagation
 
 
@@ -69,7 +70,7 @@ class LGMRec(Recommender):
             torch.empty(x.shape[1], hyper_num))) for m, x in features.items()})
 
         adj = normalized_bipartite_adjacency(dataset.train)
-        self.adj = ConstantSparse(adj)
+        self.adj = DeviceCSR(adj)
         r = sp.csr_matrix(dataset.train, dtype=np.float32)
         self.r = SparseOperator(r)
         self.r_mean = SparseOperator(row_mean(dataset.train))                # mean over the user's items
@@ -84,7 +85,7 @@ class LGMRec(Recommender):
     def representations(self) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
         """``z`` ``[n_users + n_items, d]`` and the hypergraph embeddings ``{m: (users, items)}``."""
         device = self.item_emb.device
-        adj = self.adj.on(device)
+        adj = self.adj.matrix(device)
         cge = self.propagate(torch.cat([self.user_emb, self.item_emb]), adj)
         cge_items = cge[self.n_users:]
         local, hyper = cge, {}

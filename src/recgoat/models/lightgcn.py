@@ -6,9 +6,10 @@ from torch import Tensor, nn
 
 from recgoat.data import RecDataset
 from recgoat.graphs import normalized_bipartite_adjacency
+from recgoat.graphs.csr import DeviceCSR
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
 from recgoat.models.inputs import item_modalities
-from recgoat.nn import ConstantSparse, bpr_loss, embedding_norm_penalty
+from recgoat.nn import bpr_loss, embedding_norm_penalty
 from recgoat.nn.backends import lightgcn_propagation
 
 
@@ -32,7 +33,7 @@ class LightGCN(Recommender):
         self.item_emb = id_embedding(self.n_items, embedding_dim)
         self.propagate = lightgcn_propagation(backend, n_layers)
         # derived from the data, rebuilt on load: not a buffer (DDP cannot broadcast sparse tensors)
-        self.adj = ConstantSparse(normalized_bipartite_adjacency(dataset.train))
+        self.adj = DeviceCSR(normalized_bipartite_adjacency(dataset.train))
 
     def item_ego(self) -> Tensor:
         """Layer-0 item embeddings ``[n_items, d]``."""
@@ -40,7 +41,7 @@ class LightGCN(Recommender):
 
     def forward(self) -> tuple[Tensor, Tensor]:
         """Final (user [n_users, d], item [n_items, d]) embeddings."""
-        out = self.propagate(torch.cat([self.user_emb, self.item_ego()]), self.adj.on(self.user_emb.device))
+        out = self.propagate(torch.cat([self.user_emb, self.item_ego()]), self.adj.matrix(self.user_emb.device))
         return out[: self.n_users], out[self.n_users:]
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

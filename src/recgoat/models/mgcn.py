@@ -6,10 +6,11 @@ from torch import Tensor, nn
 
 from recgoat.data import RecDataset
 from recgoat.graphs import normalized_bipartite_adjacency, sym_normalize
+from recgoat.graphs.csr import DeviceCSR
 from recgoat.graphs.knn import cached_knn_similarity_graph
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
 from recgoat.models.inputs import feature_tables, item_modalities
-from recgoat.nn import ConstantSparse, SparseOperator, bpr_loss, info_nce
+from recgoat.nn import SparseOperator, bpr_loss, info_nce
 from recgoat.nn.backends import lightgcn_propagation
 
 
@@ -66,7 +67,7 @@ class MGCN(Recommender):
             s = sym_normalize(cached_knn_similarity_graph(x, knn_k, True, cache_dir, f"knn-mgcn-{m}"))
             self.item_graphs[m] = SparseOperator(s)  # directed kNN graph
         adj = normalized_bipartite_adjacency(dataset.train)
-        self.adj = ConstantSparse(adj)
+        self.adj = DeviceCSR(adj)
         r = adj[: self.n_users, self.n_users:]
         self.r_hat = SparseOperator(r)
         self.propagate = lightgcn_propagation(backend, n_ui_layers)
@@ -74,7 +75,7 @@ class MGCN(Recommender):
     def views(self) -> tuple[Tensor, Tensor]:
         """``(E^ui, E^side)``, each ``[n_users + n_items, d]`` (users first)."""
         device = self.item_emb.device
-        content = self.propagate(torch.cat([self.user_emb, self.item_emb]), self.adj.on(device))
+        content = self.propagate(torch.cat([self.user_emb, self.item_emb]), self.adj.matrix(device))
         per_modality = []
         for m in self.modalities:
             items = self.item_emb * self.purifiers[m](self.projections[m](self.features[m]))    # [I, d]

@@ -23,7 +23,8 @@ from torch.profiler import record_function
 from recgoat.data import DataError, RecDataset
 from recgoat.graphs import bipartite_adjacency, normalized_bipartite_adjacency, row_mean
 from recgoat.graphs.cache import cached_sparse
-from recgoat.graphs.knn import KNN_BUILDER_VERSION, edge_index, knn_adjacency
+from recgoat.graphs.csr import DeviceCSR
+from recgoat.graphs.knn import KNN_BUILDER_VERSION, knn_adjacency
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
 from recgoat.models.inputs import fill_missing_rows, item_modalities
 from recgoat.nn import (
@@ -31,8 +32,6 @@ from recgoat.nn import (
     AdaptiveFusion,
     AdaptiveTransportMap,
     AttentionPropagation,
-    ConstantSparse,
-    CSRGraph,
     DimensionTransport,
     SinkhornW1,
     SparseOperator,
@@ -46,11 +45,10 @@ log = logging.getLogger(__name__)
 USER_FUSIONS = ("id", "fused")
 
 
-def knn_graph(x: np.ndarray, k: int, cache_dir, builder: str) -> CSRGraph:
-    adj = cached_sparse(cache_dir, builder, KNN_BUILDER_VERSION, {"features": x},
-                        {"k": k, "symmetric": True, "self_loops": True},
-                        lambda: knn_adjacency(x, k, symmetric=True, self_loops=True))
-    return CSRGraph(edge_index(adj), adj.shape[0])
+def knn_graph(x: np.ndarray, k: int, cache_dir, builder: str) -> DeviceCSR:
+    return DeviceCSR(cached_sparse(cache_dir, builder, KNN_BUILDER_VERSION, {"features": x},
+                                   {"k": k, "symmetric": True, "self_loops": True},
+                                   lambda: knn_adjacency(x, k, symmetric=True, self_loops=True)))
 
 
 class RecGOAT(Recommender):
@@ -96,13 +94,12 @@ class RecGOAT(Recommender):
 
         self.user_emb = id_embedding(self.n_users, d)
         self.item_emb = id_embedding(self.n_items, d)
-        self.graphs = nn.ModuleDict()  # CSRGraph buffers: derived from the data, not checkpointed
+        self.graphs: dict[str, DeviceCSR] = {}  # derived from the data: rebuilt on load, not checkpointed
         self.id_encoder = id_encoder
         if isinstance(id_encoder, AttentionPropagation):
-            self.graphs["user_item"] = CSRGraph(edge_index(bipartite_adjacency(dataset.train)),
-                                                self.n_users + self.n_items)
+            self.graphs["user_item"] = DeviceCSR(bipartite_adjacency(dataset.train))
         else:
-            self.ui_adjacency = ConstantSparse(normalized_bipartite_adjacency(dataset.train))  # see ConstantSparse
+            self.graphs["user_item"] = DeviceCSR(normalized_bipartite_adjacency(dataset.train))
 
         self.item_encoders = nn.ModuleDict()
         for m, x in features.items():
@@ -134,7 +131,7 @@ class RecGOAT(Recommender):
             self.user_items = SparseOperator(row_mean(dataset.train))
 
     # ---- representations ------------------------------------------------------------------
-    def _graph(self, name: str) -> CSRGraph | None:
+    def _graph(self, name: str) -> DeviceCSR | None:
         return self.graphs[name] if name in self.graphs else None
 
     def encode_modalities(self) -> dict[str, Tensor]:
@@ -148,7 +145,9 @@ class RecGOAT(Recommender):
             with record_function("recgoat.user_branch"):
                 users0 = users0 + self.user_encoder(self.x_user, self._graph("user"))
         with record_function("recgoat.id_branch"):
-            ui_graph = self.graphs["user_item"] if "user_item" in self.graphs else self.ui_adjacency.on(users0.device)
+            ui_graph = self.graphs["user_item"]  # attention reads its edges, LightGCN multiplies by it
+            if not isinstance(self.id_encoder, AttentionPropagation):
+                ui_graph = ui_graph.matrix(users0.device)
             out = self.id_encoder(torch.cat([users0, self.item_emb]), ui_graph)
         users, item_id = out[: self.n_users], out[self.n_users:]
         with record_function("recgoat.item_branches"):

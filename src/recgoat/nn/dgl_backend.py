@@ -7,7 +7,8 @@ import torch
 from dgl.nn import GATConv, GraphConv
 from torch import Tensor, nn
 
-from recgoat.nn.fused_gat import CSRGraph, FusedGATConv, edge_dropout
+from recgoat.graphs.csr import DeviceCSR
+from recgoat.nn.fused_gat import FusedGATConv, edge_dropout
 from recgoat.nn.lightgcn import LightGCNPropagation
 
 # DGL's GATConv parameter names -> PyG's (the names checkpoints carry)
@@ -16,9 +17,10 @@ _TO_DGL = {v: k for k, v in _TO_PYG.items()}
 
 
 def _edge_lists(graph) -> tuple[Tensor, Tensor, int | None]:
-    """(source, target, n) of a :class:`CSRGraph` or a PyG ``edge_index`` ``[2, E]``, in the same edge order."""
-    if isinstance(graph, CSRGraph):
-        return graph.col, graph.row, graph.num_nodes
+    """(source, target, n) of a :class:`DeviceCSR` graph or a PyG ``edge_index`` ``[2, E]``, in the same edge order."""
+    if isinstance(graph, DeviceCSR):
+        edges = graph.edges()
+        return edges.col, edges.row, edges.num_nodes
     return graph[0], graph[1], None
 
 

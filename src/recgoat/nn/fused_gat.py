@@ -22,41 +22,10 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch_geometric.nn import GATConv
 
-
-class CSRGraph(nn.Module):
-    """A fixed graph in CSR form by target node (and the transposed order), as buffers.
-
-    Args:
-        edge_index: ``[2, E]`` (source, target), PyG's convention.
-        num_nodes: n.
-    """
-
-    def __init__(self, edge_index: Tensor, num_nodes: int):
-        super().__init__()
-        src, dst = edge_index
-        order = torch.argsort(dst * num_nodes + src)                   # CSR by target
-        src, dst = src[order], dst[order]
-        counts = torch.bincount(dst, minlength=num_nodes)
-        order_t = torch.argsort(src * num_nodes + dst)                 # edges of the transpose, by source
-        counts_t = torch.bincount(src, minlength=num_nodes)
-        self.num_nodes = num_nodes
-        self.register_buffer("rowptr", torch.cat([counts.new_zeros(1), counts.cumsum(0)]), persistent=False)
-        self.register_buffer("col", src, persistent=False)
-        self.register_buffer("row", dst, persistent=False)
-        self.register_buffer("perm_t", order_t, persistent=False)
-        self.register_buffer("rowptr_t", torch.cat([counts_t.new_zeros(1), counts_t.cumsum(0)]), persistent=False)
-        self.register_buffer("row_t", dst[order_t], persistent=False)
-        self.register_buffer("edge_ids", torch.arange(src.numel()), persistent=False)
-
-    @property
-    def num_edges(self) -> int:
-        return self.col.numel()
-
-    def edge_index(self) -> Tensor:
-        return torch.stack([self.col, self.row])
+from recgoat.graphs.csr import CSREdges, DeviceCSR
 
 
 def _csr(rowptr: Tensor, col: Tensor, values: Tensor, n: int, n_cols: int | None = None) -> Tensor:
@@ -89,7 +58,7 @@ class _EdgeSoftmax(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a_src: Tensor, a_dst: Tensor, graph: CSRGraph, negative_slope: float) -> Tensor:
+    def forward(ctx, a_src: Tensor, a_dst: Tensor, graph: CSREdges, negative_slope: float) -> Tensor:
         # a_src, a_dst: [N, H] -> alpha: [H, E]
         s = a_src.index_select(0, graph.col).add_(a_dst.index_select(0, graph.row))      # [E, H]
         y = F.leaky_relu(s, negative_slope)
@@ -118,7 +87,7 @@ class _HeadwiseSpmm(torch.autograd.Function):
     """``out[h] = A_h @ x[h]`` with ``A_h`` the CSR graph weighted by ``alpha[h]``."""
 
     @staticmethod
-    def forward(ctx, alpha: Tensor, x: Tensor, graph: CSRGraph) -> Tensor:
+    def forward(ctx, alpha: Tensor, x: Tensor, graph: CSREdges) -> Tensor:
         # alpha: [H, E], x: [H, N, C] (head-major, contiguous per head) -> [H, N, C]
         heads, n, _ = x.shape
         out = torch.stack([_csr(graph.rowptr, graph.col, alpha[h], n) @ x[h] for h in range(heads)])
@@ -165,7 +134,7 @@ def edge_dropout(alpha: Tensor, p: float, training: bool) -> Tensor:
 
 class FusedGATConv(GATConv):
     r"""PyG's ``GATConv`` (``concat=True``, no edge features, the graph's own self-loops) on a
-    :class:`CSRGraph`:
+    :class:`~recgoat.graphs.csr.DeviceCSR` graph ``A[target, source]``:
 
     .. math::
         \alpha_{ij} = \mathrm{softmax}_{j \in \mathcal{N}(i)}\big(
@@ -173,7 +142,7 @@ class FusedGATConv(GATConv):
         x'_i = \big\Vert_h \sum_j \alpha^h_{ij} \Theta^h x_j + b
 
     Same parameters and initialisation as ``GATConv``; given an ``edge_index`` instead of a
-    :class:`CSRGraph` it falls back to ``GATConv.forward``.
+    :class:`~recgoat.graphs.csr.DeviceCSR` it falls back to ``GATConv.forward``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, heads: int = 1, negative_slope: float = 0.2,
@@ -182,8 +151,9 @@ class FusedGATConv(GATConv):
                          dropout=dropout, add_self_loops=False)
 
     def forward(self, x: Tensor, graph, return_attention_weights=None):  # noqa: D102
-        if not isinstance(graph, CSRGraph):
+        if not isinstance(graph, DeviceCSR):
             return super().forward(x, graph, return_attention_weights=return_attention_weights)
+        graph = graph.edges(x.device)
         heads, channels = self.heads, self.out_channels
         h = self.lin(x).view(-1, heads, channels)                      # [N, H, C]
         a_src = (h * self.att_src).sum(-1)                             # [N, H]

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recgoat.graphs.csr import DeviceCSR
 from recgoat.nn.backends import gat_conv
-from recgoat.nn.fused_gat import CSRGraph
 
 
 class GraphAttentionEncoder(nn.Module):
@@ -18,7 +18,7 @@ class GraphAttentionEncoder(nn.Module):
             \mathrm{LeakyReLU}(a^{k\top}[\Theta^k h_i \Vert \Theta^k h_j])\big)
 
     (PyG ``GATConv``; K heads of ``dim / K`` channels concatenated to ``dim``; the graph carries its
-    own self-loops). Given a :class:`CSRGraph` the layers run the faster CSR computation of
+    own self-loops). Given a :class:`DeviceCSR` the layers run the faster CSR computation of
     :class:`FusedGATConv` (same parameters and results); given an ``edge_index``, PyG's own.
     ELU between layers, none after the last. With ``attention=False`` the graph
     is ignored and a two-layer MLP encodes each node alone (the "w/o graph attention" ablation).
@@ -31,7 +31,7 @@ class GraphAttentionEncoder(nn.Module):
         dropout: dropout of the attention coefficients (and of features between layers).
         negative_slope: LeakyReLU slope of the attention scores.
         attention: use the graph (True) or a per-node MLP (False).
-        backend: ``pyg`` (default; :class:`FusedGATConv` on a :class:`CSRGraph`) or ``dgl``
+        backend: ``pyg`` (default; :class:`FusedGATConv` on a :class:`DeviceCSR`) or ``dgl``
             (``dgl.nn.GATConv``, optional; see :mod:`recgoat.nn.backends`). Same parameters either way.
     """
 
@@ -50,8 +50,8 @@ class GraphAttentionEncoder(nn.Module):
         else:
             self.layers = nn.ModuleList([nn.Linear(dim, dim) for _ in range(n_layers)])
 
-    def forward(self, x: Tensor, graph: CSRGraph | Tensor | None = None) -> Tensor:
-        # x: [n, in_dim], graph: CSRGraph or edge_index [2, E] (source, target) -> [n, dim]
+    def forward(self, x: Tensor, graph: DeviceCSR | Tensor | None = None) -> Tensor:
+        # x: [n, in_dim], graph: DeviceCSR or edge_index [2, E] (source, target) -> [n, dim]
         h = self.proj(x)
         for i, layer in enumerate(self.layers):
             if self.attention:
@@ -93,7 +93,7 @@ class AttentionPropagation(nn.Module):
             gat_conv(backend, dim, dim // heads, heads=heads, negative_slope=negative_slope, dropout=dropout)
             for _ in range(n_layers)])
 
-    def forward(self, x: Tensor, graph: CSRGraph) -> Tensor:
+    def forward(self, x: Tensor, graph: DeviceCSR) -> Tensor:
         # x: [n_nodes, d] -> [n_nodes, d]
         out = h = x
         for layer in self.layers:

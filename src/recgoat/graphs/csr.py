@@ -1,0 +1,148 @@
+"""The one device-side form of a constant sparse matrix (a graph, an interaction matrix): :class:`DeviceCSR`."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+
+def to_torch_csr(m: sp.spmatrix) -> Tensor:
+    """A scipy matrix as a torch CSR tensor (int32 indices when they fit: faster CPU kernels)."""
+    m = sp.csr_matrix(m, dtype=np.float32)
+    m.sort_indices()
+    idx_dtype = torch.int32 if m.nnz < 2**31 - 1 and max(m.shape) < 2**31 - 1 else torch.int64
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(m.indptr.astype(np.int64)).to(idx_dtype),
+            torch.from_numpy(m.indices.astype(np.int64)).to(idx_dtype),
+            torch.from_numpy(m.data),
+            size=m.shape,
+            check_invariants=False,  # scipy's sorted CSR satisfies them; checking costs a pass
+        )
+
+
+@dataclass(frozen=True)
+class CSREdges:
+    """The edges of a square :class:`DeviceCSR` graph ``A[target, source]`` on one device, in the two orders graph
+    attention reads them (all int64, ``E`` edges, ``N`` nodes):
+
+    - by target (the CSR rows): ``rowptr`` ``[N + 1]``, source ``col`` ``[E]``, target ``row`` ``[E]``;
+    - by source (the transpose): ``perm_t`` ``[E]`` (edge ids in that order), ``rowptr_t`` ``[N + 1]``,
+      ``row_t`` ``[E]`` (their targets);
+    - ``edge_ids`` ``[E]``: ``0..E-1``.
+    """
+
+    rowptr: Tensor
+    col: Tensor
+    row: Tensor
+    perm_t: Tensor
+    rowptr_t: Tensor
+    row_t: Tensor
+    edge_ids: Tensor
+    num_nodes: int
+
+    @property
+    def num_edges(self) -> int:
+        return self.col.numel()
+
+    def edge_index(self) -> Tensor:
+        """PyG's ``edge_index`` ``[2, E]`` (source, target), in the CSR order."""
+        return torch.stack([self.col, self.row])
+
+
+class DeviceCSR:
+    """A constant sparse matrix held on the host and copied once to each device it is used on.
+
+    One type serves every device-side use of a fixed matrix:
+
+    - products: :meth:`matrix` (a torch sparse CSR tensor; LightGCN and the other propagations);
+    - row look-ups: :meth:`row_counts`, :meth:`coords` (the evaluator's masks and held-out sets);
+    - graph attention: :meth:`edges` (a square graph ``A[target, source]``, see :class:`CSREdges`).
+
+    It is deliberately not a module buffer: DDP broadcasts buffers at start-up and cannot broadcast sparse
+    tensors, and what is derived from the data is rebuilt on load, never checkpointed.
+
+    Args:
+        m: a scipy sparse matrix ``[n_rows, n_cols]`` (duplicates summed, indices sorted).
+    """
+
+    def __init__(self, m: sp.spmatrix):
+        m = sp.csr_matrix(m, dtype=np.float32, copy=True)
+        m.sum_duplicates()
+        m.sort_indices()
+        self.scipy = m
+        self.shape = m.shape
+        self.indptr = torch.from_numpy(m.indptr.astype(np.int64))
+        self.indices = torch.from_numpy(m.indices.astype(np.int64))
+        self._cache: dict[tuple[str, torch.device], object] = {}
+
+    @classmethod
+    def from_edge_index(cls, edge_index: Tensor, num_nodes: int) -> DeviceCSR:
+        """The graph ``A[target, source] = 1`` of a PyG ``edge_index`` ``[2, E]`` (source, target)."""
+        src, dst = edge_index.detach().cpu().numpy()
+        return cls(sp.csr_matrix((np.ones(len(src), np.float32), (dst, src)), shape=(num_nodes, num_nodes)))
+
+    @property
+    def nnz(self) -> int:
+        return self.indices.numel()
+
+    def transpose(self) -> DeviceCSR:
+        return DeviceCSR(self.scipy.T)
+
+    def _on(self, what: str, device: torch.device | str, build):
+        key = (what, torch.device(device))
+        if key not in self._cache:
+            self._cache[key] = build(key[1])
+        return self._cache[key]
+
+    def matrix(self, device: torch.device | str = "cpu") -> Tensor:
+        """The matrix as a torch sparse CSR tensor on ``device``."""
+        return self._on("matrix", device, lambda d: to_torch_csr(self.scipy).to(d))
+
+    def _index(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        return self._on("index", device, lambda d: (self.indptr.to(d), self.indices.to(d)))
+
+    def row_counts(self, rows: Tensor) -> Tensor:
+        """Non-zeros per row of ``rows`` (on their device)."""
+        indptr, _ = self._index(rows.device)
+        return indptr[rows + 1] - indptr[rows]
+
+    def coords(self, rows: Tensor, cols: slice | None = None) -> tuple[Tensor, Tensor]:
+        """(position in ``rows``, column) of the non-zeros of the given rows, columns within ``cols``."""
+        indptr, indices = self._index(rows.device)
+        start = indptr[rows]
+        count = indptr[rows + 1] - start
+        pos = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), count)
+        offset = torch.arange(int(count.sum()), device=rows.device) - torch.repeat_interleave(
+            count.cumsum(0) - count, count)
+        col = indices[torch.repeat_interleave(start, count) + offset]
+        if cols is not None:
+            keep = (col >= cols.start) & (col < cols.stop)
+            pos, col = pos[keep], col[keep] - cols.start
+        return pos, col
+
+    def edges(self, device: torch.device | str = "cpu") -> CSREdges:
+        """The edges of this square graph in both orders on ``device`` (built once per device)."""
+        n = self.shape[0]
+        if self.shape[1] != n:
+            raise ValueError(f"graph attention needs a square graph, got shape {self.shape}")
+
+        def build(d: torch.device) -> CSREdges:
+            counts = self.indptr[1:] - self.indptr[:-1]
+            row = torch.repeat_interleave(torch.arange(n), counts)
+            col = self.indices
+            perm_t = torch.argsort(col * n + row)                       # edges of the transpose, by source
+            counts_t = torch.bincount(col, minlength=n)
+            rowptr_t = torch.cat([counts_t.new_zeros(1), counts_t.cumsum(0)])
+            parts = (self.indptr, col, row, perm_t, rowptr_t, row[perm_t], torch.arange(col.numel()))
+            return CSREdges(*(t.to(d) for t in parts), num_nodes=n)
+
+        return self._on("edges", device, build)
+
+    def __repr__(self) -> str:
+        return f"DeviceCSR(shape={self.shape}, nnz={self.nnz})"
