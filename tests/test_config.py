@@ -141,3 +141,18 @@ def test_debug_tiny_is_the_tests_tiny_data(tmp_path, tiny_synthetic):
     data = instantiate(cfg.dataset)
     assert (data.n_users, data.n_items) == (150, 100)
     assert {m: x.shape[1] for m, x in data.item_features.items()} == {"text": 8, "image": 12}
+
+
+def test_the_readmes_add_a_model_example_trains_as_written(tmp_path, monkeypatch):
+    """The README's "Adding a model" section, its Python file and yaml taken verbatim: one file + one yaml."""
+    readme = (CONF.parent / "README.md").read_text()
+    section = readme.split("## Adding a model", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    yaml = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "mymf.py").write_text(code)
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "mymf.yaml").write_text(yaml.replace("recgoat.models.mymf.MyMF", "mymf.MyMF"))
+    monkeypatch.syspath_prepend(str(tmp_path))   # the file where the README puts it, importable as `mymf`
+    res = run_in_process(["model=mymf", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "debug=tiny",
+                          "logger=none", "trainer.max_epochs=2"], tmp_path / "run")
+    assert res["model"] == "MyMF" and len(res["valid_history"]) == 2 and 0.0 < res["test"]["recall@20"] <= 1.0
