@@ -16,11 +16,13 @@ install:
 run:
 	$(BIN)/python -m recgoat.run
 
+# the suite on PYTEST_WORKERS processes (tests that share a fixture stay on one worker: --dist loadgroup)
+PYTEST_WORKERS ?= 2
 test:
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 test-fast:
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow"
 
 # The optional DGL backend in an environment of its own (DGL's wheels need torch <= 2.2.1, CPU only):
 # a few GB of downloads the first time (PyPI's torch 2.2 is a CUDA build); the default install never needs it.

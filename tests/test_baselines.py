@@ -14,7 +14,6 @@ from recgoat.models.freedom import mixing_weights
 from recgoat.nn import bpr_loss
 from recgoat.training import BPRBatches
 from recgoat.utils.config import build_model
-from tests.helpers import QUIET, TINY_DATA, run_in_process
 
 BASELINES = {"vbpr": VBPR, "freedom": FREEDOM, "mgcn": MGCN, "lgmrec": LGMRec}
 
@@ -145,13 +144,3 @@ def test_lgmrec_ranks_deterministically_and_trains_with_noise(tiny_synthetic, tm
     z1, _ = model.representations()
     z2, _ = model.representations()
     assert not torch.allclose(z1, z2)
-
-
-@pytest.mark.parametrize("name", list(BASELINES))
-def test_config_composes_and_trains_two_epochs(tmp_path, name):
-    overrides = [f"model={name}", *TINY_DATA, *QUIET, "trainer.max_epochs=2", f"paths.cache_dir={tmp_path / 'cache'}"]
-    if name in ("freedom", "mgcn"):
-        overrides.append("model.knn_k=5")
-    res = run_in_process(overrides, tmp_path)
-    assert res["config"]["model"]["_target_"] == f"recgoat.models.{BASELINES[name].__name__}"
-    assert len(res["valid_history"]) == 2 and 0.0 <= res["test"]["recall@20"] <= 1.0

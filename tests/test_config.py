@@ -67,14 +67,11 @@ def test_model_constructors_have_no_defaults_and_the_yaml_sets_every_argument(mo
     assert set(params) == {k for k in node if not k.startswith("_")}
 
 
-@pytest.mark.parametrize("experiment", options("experiment"))
-def test_every_experiment_composes_and_its_model_instantiates(experiment, tiny_synthetic, tmp_path):
-    overrides = [f"+experiment={experiment}", f"paths.cache_dir={tmp_path}"]
-    cfg = compose(overrides)
-    check_targets(cfg)
-    if cfg.model.get("embedding_dim", 64) > 64:  # the d=800 preset: build it at d=64 here
-        overrides.append("model.embedding_dim=64")
-    model = build_model(tiny_synthetic, overrides)
+def test_the_authors_preset_experiment_composes_and_its_model_instantiates(tiny_synthetic, tmp_path):
+    """Every other experiment trains in tests/test_recgoat.py; the d=800 preset is built here at d=64."""
+    overrides = ["+experiment=authors_baby", f"paths.cache_dir={tmp_path}"]
+    check_targets(compose(overrides))
+    model = build_model(tiny_synthetic, [*overrides, "model.embedding_dim=64"])
     assert isinstance(model, Recommender) and model.scorer().score(torch.tensor([0, 1])).shape == (2, 90)
 
 
@@ -129,9 +126,8 @@ def test_a_misspelt_component_key_fails_at_start_up_naming_its_path(tmp_path):
         run_in_process(["model=recgoat", "+model.mode=naive", "debug=fast"], tmp_path)
 
 
-@pytest.mark.parametrize("model", ["lightgcn", "recgoat"])
-def test_debug_fast_runs_any_model_on_the_default_data(model, tmp_path):
-    res = run_in_process(["debug=fast", f"model={model}", f"paths.cache_dir={tmp_path}"], tmp_path)
+def test_debug_fast_runs_recgoat_on_the_default_data(tmp_path):
+    res = run_in_process(["debug=fast", "model=recgoat", f"paths.cache_dir={tmp_path}"], tmp_path)
     assert res["timings"]["epochs"] == 1 and res["best_epoch"] == 0
     assert res["config"]["trainer"]["limit_train_batches"] == 3 and res["dataset"]["name"] == "synthetic"
 
