@@ -1,18 +1,25 @@
-"""Experiment operations end to end: DDP on 2 CPU processes, resume after a kill."""
+"""Experiment operations end to end: DDP on 2 CPU processes, resume after a kill (in place and in a copy)."""
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from recgoat.eval import FullRankingEvaluator
 from recgoat.inference import load_model
+from recgoat.training.resume import ResumeError, check_resume_data, truncate_metrics
+from recgoat.utils.config import compose, hydra_subdir
 from tests.helpers import TINY_DATA, load_results, run_cli, run_in_process
 
 QUIET_CLI = ["trainer.enable_progress_bar=false", "logger=none"]
@@ -42,26 +49,89 @@ def _last_epoch(ckpt) -> int:
         return -1
 
 
-@pytest.mark.slow
-def test_resume_after_kill_equals_uninterrupted(tmp_path):
-    args = ["model=lightgcn", "trainer.max_epochs=8", *TINY_DATA, *QUIET_CLI, "callbacks.early_stopping.patience=100"]
-    full = run_in_process(args, tmp_path / "full")  # the uninterrupted reference (same train function as the CLI)
+README = Path(__file__).resolve().parents[1] / "README.md"
+RESUME_ARGS = ["model=lightgcn", "trainer.max_epochs=12", *TINY_DATA, "trainer.enable_progress_bar=false",
+               "logger=csv", "callbacks.early_stopping.patience=100"]
 
-    killed = tmp_path / "killed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "recgoat.run", *args, f"hydra.run.dir={killed}"], cwd=tmp_path,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = killed / "checkpoints" / "last.ckpt"
+
+def readme_resume_args(run_dir: Path) -> list[str]:
+    """The README's resume command, as printed, for ``run_dir``: its arguments after ``python -m recgoat.run``."""
+    line = next(ln for ln in README.read_text().splitlines() if ln.startswith("python -m recgoat.run resume="))
+    command = line.split("#")[0].replace("<run dir>", str(run_dir)).split()
+    assert command[:3] == ["python", "-m", "recgoat.run"], line
+    return command[3:]
+
+
+def killed_run(tmp_path: Path, name: str = "killed") -> Path:
+    """A run of RESUME_ARGS killed (SIGKILL) after its checkpoint of epoch 2, in the middle of a later epoch."""
+    run_dir = tmp_path / name
+    proc = subprocess.Popen([sys.executable, "-m", "recgoat.run", *RESUME_ARGS, f"hydra.run.dir={run_dir}"],
+                            cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
     while time.time() < deadline and not (last.exists() and _last_epoch(last) >= 2):
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (killed / "results.json").exists(), "the run finished before it could be killed"
-    epoch_at_kill = _last_epoch(last)
-    assert 2 <= epoch_at_kill < 7
-    run_cli([*args, f"hydra.run.dir={killed}", f"ckpt_path={last}"], cwd=tmp_path)
-    resumed = load_results(killed)
-    assert resumed["test"] == full["test"] and resumed["best_epoch"] == full["best_epoch"]
-    assert [h["recall@20"] for h in resumed["valid_history"]] == [h["recall@20"] for h in full["valid_history"]]
-    assert json.dumps(resumed["valid"]) == json.dumps(full["valid"])
+    assert not (run_dir / "results.json").exists(), "the run finished before it could be killed"
+    assert 2 <= _last_epoch(last) < 11
+    return run_dir
+
+
+def metric_epochs(run_dir: Path, column: str) -> list[int]:
+    with (run_dir / "csv" / "metrics.csv").open(newline="") as f:
+        return [int(float(r["epoch"])) for r in csv.DictReader(f) if r.get(column)]
+
+
+@pytest.mark.slow
+def test_the_readmes_resume_command_after_a_kill_equals_the_uninterrupted_run_in_place_and_in_a_copy(tmp_path):
+    full = run_in_process(RESUME_ARGS, tmp_path / "full")   # the uninterrupted reference (the CLI's train function)
+    killed = killed_run(tmp_path)
+    before = {p: p.read_bytes() for p in killed.rglob("*") if p.is_file()}
+
+    # refused before anything is written: an override that would change the run, a new run into the folder
+    proc = subprocess.run([sys.executable, "-m", "recgoat.run", f"resume={killed}", "model.embedding_dim=8"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and re.search(r"would change it and are refused: \['model.embedding_dim=8'\] \(a "
+                                              r"resume accepts \['resume', 'trainer.max_epochs'", proc.stderr)
+    with pytest.raises(ResumeError, match=rf"{killed} already holds a run .*resume={killed}"):
+        run_in_process(RESUME_ARGS, killed)
+    assert {p: p.read_bytes() for p in killed.rglob("*") if p.is_file() and p in before} == before
+
+    copied = tmp_path / "moved" / "copy"
+    shutil.copytree(killed, copied)
+    for run_dir in (killed, copied):
+        proc = run_cli(readme_resume_args(run_dir), cwd=tmp_path)
+        resumed = load_results(run_dir)
+        for key in ("best_epoch", "valid", "test", "valid_history", "n_parameters", "dataset", "seed"):
+            assert json.dumps(resumed[key]) == json.dumps(full[key]), (run_dir.name, key)
+        assert resumed["timings"]["epochs"] == full["timings"]["epochs"] == 12
+        assert resumed["best_checkpoint"].startswith(str(run_dir)) and Path(resumed["best_checkpoint"]).is_file()
+        assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+            f"best-epoch{full['best_epoch']:04d}.ckpt", "last.ckpt"]                    # no last-v1.ckpt
+        assert metric_epochs(run_dir, "valid/recall@20") == list(range(12))              # each epoch once
+        assert metric_epochs(run_dir, "train/loss") == list(range(12))
+        assert metric_epochs(run_dir, "test/recall@20") == metric_epochs(tmp_path / "full", "test/recall@20")
+        for f in ("config.yaml", "overrides.yaml"):                                       # the original command
+            assert (run_dir / ".hydra" / f).read_bytes() == before[killed / ".hydra" / f]
+        assert any("resume=" in p.read_text() for p in (run_dir / ".hydra").glob("*/overrides.yaml"))
+
+
+def test_hydra_records_a_command_beside_an_existing_record_never_over_it(tmp_path):
+    assert hydra_subdir(str(tmp_path)) == ".hydra"
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    assert re.fullmatch(r"\.hydra/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}", hydra_subdir(str(tmp_path)))
+
+
+def test_resume_onto_changed_data_is_refused_and_metrics_are_cut_at_the_checkpoint(tmp_path, tiny_synthetic):
+    ckpt_run = run_in_process(["model=lightgcn", *TINY_DATA, "logger=none", "trainer.max_epochs=2"], tmp_path / "r")
+    ckpt = Path(ckpt_run["best_checkpoint"])
+    assert check_resume_data(ckpt, instantiate(compose(TINY_DATA).dataset)) == ckpt_run["best_epoch"]
+    with pytest.raises(ResumeError, match=r"but the data loaded now is 'synthetic' \(120 users.*the data changed"):
+        check_resume_data(ckpt, tiny_synthetic)
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("epoch,step,train/loss,valid/recall@20\n0,1,0.5,\n0,1,,0.1\n1,2,0.4,\n1,2,,0.2\n2,3,0.3,\n")
+    truncate_metrics(metrics, 1)
+    assert metrics.read_text() == "epoch,step,train/loss,valid/recall@20\n0,1,0.5,\n0,1,,0.1\n1,2,0.4,\n1,2,,0.2\n"

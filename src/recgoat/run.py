@@ -4,6 +4,7 @@
     python -m recgoat.run model=bpr dataset=amazon_baby    # any model x dataset
     python -m recgoat.run -m model=bpr,lightgcn seed=1,2,3 # a sweep
     python -m recgoat.run debug=fast                       # a smoke run in seconds
+    python -m recgoat.run resume=logs/train/runs/<time>    # continue a killed run in its folder
 
 Prints valid and test metrics at the best valid epoch and writes ``results.json`` (metrics, best
 epoch, timings, dataset statistics, the resolved config) into the run directory.
@@ -23,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from recgoat.training import RecModule, RunSummary, Timings
+from recgoat.training.resume import check_resume_data, refuse_used_run_dir, resume_config, truncate_metrics
 from recgoat.utils.config import check_targets, conf_dir
 
 log = logging.getLogger("recgoat")
@@ -52,12 +54,17 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     """Run one experiment from a composed config; returns the results dict written to results.json."""
     output_dir = Path(output_dir or HydraConfig.get().runtime.output_dir)
     check_targets(cfg)
+    resuming = cfg.get("resume") is not None
+    if not resuming:
+        refuse_used_run_dir(output_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     t0 = time.perf_counter()
     dataset = instantiate(cfg.dataset)
     load_s = time.perf_counter() - t0
     log.info("%r (loaded in %.1fs)", dataset, load_s)
+    if resuming:  # the data the checkpoint was trained on, or nothing in the run folder is touched
+        truncate_metrics(output_dir / "csv" / "metrics.csv", check_resume_data(cfg.ckpt_path, dataset))
     model = instantiate(cfg.model)(dataset=dataset)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     module = RecModule(model, dataset, optimizer=instantiate(cfg.optimizer),
@@ -82,6 +89,8 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def main(cfg: DictConfig) -> float:
+    if cfg.get("resume") is not None:
+        cfg = resume_config(cfg, list(HydraConfig.get().overrides.task))
     return train(cfg)["valid"][cfg.monitor]  # what sweepers (e.g. Optuna) optimise
 
 

@@ -2,7 +2,8 @@
 from recgoat.training.callbacks import EarlyStopping, EpochSummary, RunSummary, Timings
 from recgoat.training.datamodule import RecDataModule, UserBatches
 from recgoat.training.module import RecModule
+from recgoat.training.persist import CSVLogger, ModelCheckpoint
 from recgoat.training.sampling import BPRBatches, NegativeSampler
 
-__all__ = ["BPRBatches", "EarlyStopping", "EpochSummary", "NegativeSampler", "RecDataModule", "RecModule",
-           "RunSummary", "Timings", "UserBatches"]
+__all__ = ["BPRBatches", "CSVLogger", "EarlyStopping", "EpochSummary", "ModelCheckpoint", "NegativeSampler",
+           "RecDataModule", "RecModule", "RunSummary", "Timings", "UserBatches"]

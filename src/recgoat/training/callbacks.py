@@ -68,6 +68,15 @@ class Timings(pl.Callback):
     def on_test_epoch_end(self, trainer, pl_module):
         self.test_s.append(time.perf_counter() - self._v0)
 
+    # in checkpoints, restored only to resume a fit (testing the best checkpoint keeps the whole run's timings)
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["recgoat_timings"] = {"train_epoch_s": list(self.train_epoch_s), "valid_s": list(self.valid_s)}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if trainer.state.fn == "fit" and "recgoat_timings" in checkpoint:
+            self.train_epoch_s = list(checkpoint["recgoat_timings"]["train_epoch_s"])
+            self.valid_s = list(checkpoint["recgoat_timings"]["valid_s"])
+
     def summary(self) -> dict[str, float]:
         def mean(xs):
             return sum(xs) / len(xs) if xs else None
@@ -85,6 +94,14 @@ class EpochSummary(pl.Callback):
         self.best = float("-inf")
         self.best_epoch = -1
         self._t0 = 0.0
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["recgoat_epoch_summary"] = {"best": self.best, "best_epoch": self.best_epoch}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if trainer.state.fn == "fit" and "recgoat_epoch_summary" in checkpoint:
+            self.best = checkpoint["recgoat_epoch_summary"]["best"]
+            self.best_epoch = checkpoint["recgoat_epoch_summary"]["best_epoch"]
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._t0 = time.perf_counter()

@@ -99,11 +99,27 @@ def check_targets(cfg: DictConfig) -> None:
     walk({k: v for k, v in root.items() if k != "hydra"}, "")  # Hydra checks its own nodes
 
 
+def run_dir(resume: str | None, new: str) -> str:
+    """Hydra's run folder: the folder being resumed, or a new one."""
+    return str(Path(resume).resolve()) if resume else new
+
+
+def hydra_subdir(output_dir: str) -> str:
+    """Where Hydra records the command: ``.hydra`` in a new folder; in a folder that already has a record (a
+    resume, or a run refused because the folder is taken) a new ``.hydra/<time>`` beside it, never over it."""
+    import time
+
+    if not (Path(output_dir) / ".hydra" / "config.yaml").exists():
+        return ".hydra"
+    return f".hydra/{time.strftime('%Y-%m-%d_%H-%M-%S')}-{time.perf_counter_ns() % 10**6:06d}"
+
+
 def register_resolvers() -> None:
-    for name, fn in (("project_root", lambda: str(project_root())), ("wandb_offline", wandb_offline),
-                     ("wandb_group", wandb_group)):
+    for name, fn, cache in (("project_root", lambda: str(project_root()), False),
+                            ("wandb_offline", wandb_offline, False), ("wandb_group", wandb_group, False),
+                            ("recgoat_run_dir", run_dir, True), ("recgoat_hydra_subdir", hydra_subdir, True)):
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
+            OmegaConf.register_new_resolver(name, fn, use_cache=cache)
 
 
 register_resolvers()

@@ -1,0 +1,106 @@
+"""``python -m recgoat.run resume=<run dir>``: continue a killed run in its own folder, from its own config.
+
+Everything is checked before anything in the folder is touched: the run's saved config and last checkpoint
+must be readable, the command line may only change what cannot change the run's result, and the data must
+have the fingerprint the checkpoint recorded. Then the run continues where ``last.ckpt`` left it; its
+``metrics.csv`` keeps every epoch up to the checkpoint and continues, and Hydra's record of the resume goes to
+``.hydra/resume-<time>/`` beside the original ``.hydra/`` files.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from recgoat.utils.io import atomic_write
+
+# command-line overrides that a resume accepts: they change how long or how visibly the run goes on, not what
+# it computes
+RESUME_SAFE_OVERRIDES = ("resume", "trainer.max_epochs", "trainer.enable_progress_bar")
+
+
+class ResumeError(ValueError):
+    """A resume that cannot continue the run as it was started."""
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The run's own saved config, with the safe ``overrides`` of this command applied and ``ckpt_path`` set to
+    its last checkpoint; refuses anything else with a message saying why."""
+    from recgoat.inference import CheckpointError, read_checkpoint
+
+    run_dir = Path(cfg.resume).resolve()
+    saved_path = run_dir / ".hydra" / "config.yaml"
+    if not saved_path.is_file():
+        raise ResumeError(f"resume={cfg.resume}: {saved_path} not found; resume= takes the folder a run wrote "
+                          f"(logs/train/runs/<time>, or the hydra.run.dir it was given)")
+    if (run_dir / "results.json").exists():
+        raise ResumeError(f"resume={cfg.resume}: the run has finished ({run_dir / 'results.json'}); nothing to resume")
+    ckpt = last_checkpoint(run_dir)
+    if not ckpt.is_file():
+        raise ResumeError(f"resume={cfg.resume}: {ckpt} not found: the run was stopped before its first "
+                          f"validation; start it again")
+    try:
+        read_checkpoint(ckpt)
+    except CheckpointError as e:
+        raise ResumeError(f"resume={cfg.resume}: {e}") from e
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    unsafe = [o for o, k in zip(overrides, keys, strict=True) if k not in RESUME_SAFE_OVERRIDES]
+    if unsafe:
+        raise ResumeError(f"resume= continues the run with its own config ({saved_path}); these overrides would "
+                          f"change it and are refused: {unsafe} (a resume accepts {list(RESUME_SAFE_OVERRIDES)})")
+    saved = OmegaConf.load(saved_path)
+    with open_dict(saved):
+        for key in keys:
+            if key != "resume":
+                OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
+        saved.resume = str(run_dir)
+        saved.ckpt_path = str(ckpt)
+    return saved
+
+
+def check_resume_data(ckpt_path: str | Path, dataset) -> int:
+    """The epoch of the checkpoint, after checking that ``dataset`` is the data it was trained on."""
+    import torch
+
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    recorded = ckpt["recgoat"]["dataset"]
+    if dataset.fingerprint() != recorded["fingerprint"]:
+        raise ResumeError(
+            f"{ckpt_path}: trained on dataset '{recorded['name']}' ({recorded['n_users']} users, "
+            f"{recorded['n_items']} items, fingerprint {recorded['fingerprint'][:12]}), but the data loaded now is "
+            f"'{dataset.name}' ({dataset.n_users} users, {dataset.n_items} items, fingerprint "
+            f"{dataset.fingerprint()[:12]}): the data changed since the run started, so it cannot be continued")
+    return int(ckpt["epoch"])
+
+
+def truncate_metrics(path: Path, last_epoch: int) -> None:
+    """Drop the rows of ``metrics.csv`` logged after ``last_epoch`` (the resumed run logs those epochs again)."""
+    if not path.is_file():
+        return
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames or [], list(reader)
+    kept = [r for r in rows if not r.get("epoch") or int(float(r["epoch"])) <= last_epoch]
+    if len(kept) == len(rows):
+        return
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(kept)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(out.getvalue()))
+
+
+def refuse_used_run_dir(run_dir: Path) -> None:
+    """A new run never writes into a folder that holds another run's checkpoints or metrics."""
+    used = [p for p in (run_dir / "checkpoints", run_dir / "csv" / "metrics.csv", run_dir / "results.json")
+            if p.is_file() or p.is_dir() and any(p.iterdir())]
+    if used:
+        raise ResumeError(f"{run_dir} already holds a run ({', '.join(str(p) for p in used)}); resume it with "
+                          f"python -m recgoat.run resume={run_dir}, or give this run another folder "
+                          f"(hydra.run.dir=...)")
