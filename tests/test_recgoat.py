@@ -82,6 +82,10 @@ def test_graph_cache_is_keyed_by_feature_bytes(tmp_path):
         f.write_bytes(b"damaged")
     a4 = cached_sparse(tmp_path, "knn", 1, {"f": x}, {"k": 3}, lambda: build(x))
     assert len(calls) == 4 and (a4 != a1).nnz == 0                      # damaged file rebuilt
+    for f in (tmp_path / "graphs").glob("*.npz"):
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])          # a truncated zip (a killed write)
+    a5 = cached_sparse(tmp_path, "knn", 1, {"f": x}, {"k": 3}, lambda: build(x))
+    assert len(calls) == 5 and (a5 != a1).nnz == 0
 
 
 # ---- graph attention --------------------------------------------------------------------------

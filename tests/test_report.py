@@ -1,6 +1,7 @@
 """The report aggregates real runs: mean ± std across seeds per config."""
 from __future__ import annotations
 
+import json
 import statistics
 
 import pytest
@@ -30,3 +31,21 @@ def test_report_table_from_real_runs(tmp_path):
 def test_report_of_an_empty_folder_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results.json"):
         main([str(tmp_path)])
+
+
+def test_runs_that_differ_in_config_are_separate_rows_labelled_with_the_difference(tmp_path):
+    def run(seed, dim, recall):
+        config = {"seed": seed, "model": {"embedding_dim": dim}, "datamodule": {"seed": seed},
+                  "callbacks": {"model_checkpoint": {"dirpath": f"/runs/{seed}-{dim}/checkpoints"}},
+                  "paths": {"log_dir": "/runs"}}
+        return {"name": None, "model": "LightGCN", "dataset": {"name": "toy"}, "seed": seed, "best_epoch": 1,
+                "test": {"recall@20": recall}, "valid": {"recall@20": recall}, "timings": {}, "config": config,
+                "valid_history": []}
+    for i, (seed, dim, recall) in enumerate([(1, 4, 0.1), (2, 4, 0.2), (1, 64, 0.5), (2, 64, 0.7)]):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "results.json").write_text(json.dumps(run(seed, dim, recall)))
+    table = main([str(tmp_path), "--metrics", "recall@20"])
+    rows = [line for line in table.splitlines() if line.startswith("| LightGCN")]
+    assert len(rows) == 2
+    assert rows[0].startswith("| LightGCN / toy (model.embedding_dim=4) | 2 | 0.1500 ± 0.0707")
+    assert rows[1].startswith("| LightGCN / toy (model.embedding_dim=64) | 2 | **0.6000 ± 0.1414**")

@@ -56,6 +56,9 @@ def recommend(loaded: LoadedModel, users: np.ndarray, k: int = 20, exclude_seen:
 
     Excluded items never appear (when fewer than ``k`` items remain, fewer are returned).
     """
+    for name, value in (("k", k), ("batch_size", batch_size)):
+        if int(value) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}")
     d = loaded.dataset
     masks = ([DeviceCSR(d.train)] if exclude_seen else []) + ([DeviceCSR(d.valid)] if exclude_valid else [])
     with torch.no_grad():
@@ -96,6 +99,10 @@ def _plain(x):
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="recommend")
 def main(cfg: DictConfig) -> None:
     t0 = time.perf_counter()
+    if cfg.format not in ("jsonl", "csv"):  # before any file is opened: no stray temporary file
+        raise ValueError(f"format must be 'jsonl' or 'csv', got {cfg.format!r}")
+    if int(cfg.k) < 1:
+        raise ValueError(f"k must be a positive integer, got {cfg.k}")
     loaded = load_model(cfg.ckpt, dataset_overrides=cfg.get("dataset"), device=cfg.device)
     users, unknown = resolve_users(loaded, cfg.users)
     if unknown:
@@ -107,9 +114,12 @@ def main(cfg: DictConfig) -> None:
         out_path = Path(cfg.out)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = out_path.with_name(f".{out_path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
-            n = write_recommendations(rows, loaded, f, cfg.format)
-        tmp.replace(out_path)  # a complete file or none
+        try:
+            with open(tmp, "w", newline="") as f:
+                n = write_recommendations(rows, loaded, f, cfg.format)
+            tmp.replace(out_path)  # a complete file or none
+        finally:
+            tmp.unlink(missing_ok=True)
     else:
         n = write_recommendations(rows, loaded, sys.stdout, cfg.format)
     log.info("top-%d for %d user(s) in %.2fs%s", cfg.k, n, time.perf_counter() - t0,

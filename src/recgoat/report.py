@@ -3,7 +3,9 @@
     python -m recgoat.report logs/train/multiruns/<time>            # markdown to stdout, CSV + PNGs beside
     python -m recgoat.report <dir> --split test --metrics recall@20 ndcg@20 --out table.md
 
-Runs are grouped by their ``name`` (experiment) or, without one, by model and dataset. Best
+Runs are grouped by their ``name`` (experiment) or, without one, by model and dataset, and within that by every
+config value in which they differ other than the seed and the run's own paths (a sweep over
+``model.embedding_dim=4,64`` gives two rows, each labelled with its value). Best
 values per metric (highest mean) are marked in bold. Selection inside each run was on valid.
 Plots: ``valid_curves.png`` (validation Recall@20 per epoch, one line per run) and
 ``bars.png`` (the first metric per config, mean with std error bars).
@@ -37,10 +39,40 @@ def group_key(run: dict) -> str:
     return run.get("name") or f"{run['model']} / {run['dataset']['name']}"
 
 
-def aggregate(runs: list[dict], split: str = "test", metrics=DEFAULT_METRICS) -> list[dict]:
-    groups: dict[str, list[dict]] = {}
+# config entries that differ between the runs of one configuration: the seed, and where each run writes
+_PER_RUN_KEYS = {"seed", "dirpath", "save_dir", "default_root_dir", "ckpt_path", "resume", "name", "group"}
+
+
+def _flat(config: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in (config or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        elif k not in _PER_RUN_KEYS and not key.startswith("paths."):
+            out[key] = json.dumps(v, sort_keys=True)
+    return out
+
+
+def config_groups(runs: list[dict]) -> dict[str, list[dict]]:
+    """Runs of one configuration across seeds, labelled ``<name or model / dataset>`` plus the values that tell
+    the label's configurations apart."""
+    by_label: dict[str, list[dict]] = {}
     for r in runs:
-        groups.setdefault(group_key(r), []).append(r)
+        by_label.setdefault(group_key(r), []).append(r)
+    groups: dict[str, list[dict]] = {}
+    for label, members in by_label.items():
+        flats = [_flat(m.get("config", {})) for m in members]
+        keys = sorted({k for f in flats for k in f})
+        varying = [k for k in keys if len({f.get(k) for f in flats}) > 1]
+        for m, f in zip(members, flats, strict=True):
+            suffix = ", ".join(f"{k}={f.get(k, 'unset')}" for k in varying)
+            groups.setdefault(f"{label} ({suffix})" if suffix else label, []).append(m)
+    return groups
+
+
+def aggregate(runs: list[dict], split: str = "test", metrics=DEFAULT_METRICS) -> list[dict]:
+    groups = config_groups(runs)
     rows = []
     for key, members in groups.items():
         row = {"config": key, "model": members[0]["model"], "dataset": members[0]["dataset"]["name"],

@@ -49,6 +49,20 @@ def task_wrapper(task):
     return wrapped
 
 
+def check_run(cfg: DictConfig, evaluator, model) -> None:
+    """What would otherwise fail late (after training) or deep (in Lightning or torch), said up front."""
+    if cfg.monitor not in evaluator.names:
+        raise ValueError(f"monitor={cfg.monitor} is not among the evaluated metrics {evaluator.names}; add its cut-off "
+                         f"to evaluation.ks (now {list(cfg.evaluation.ks)}) or set monitor to one of them")
+    max_epochs = cfg.trainer.get("max_epochs")
+    if model.trainable and max_epochs is not None and max_epochs < 1:
+        raise ValueError(f"trainer.max_epochs must be >= 1 to train {type(model).__name__} (got {max_epochs}); "
+                         f"the best epoch is selected on valid, so at least one epoch must run")
+    if cfg.get("ckpt_path"):
+        from recgoat.inference import read_checkpoint
+        read_checkpoint(cfg.ckpt_path)  # a missing, empty or truncated file: a message naming it, before any work
+
+
 @task_wrapper
 def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     """Run one experiment from a composed config; returns the results dict written to results.json."""
@@ -67,8 +81,10 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
         truncate_metrics(output_dir / "csv" / "metrics.csv", check_resume_data(cfg.ckpt_path, dataset))
     model = instantiate(cfg.model)(dataset=dataset)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    module = RecModule(model, dataset, optimizer=instantiate(cfg.optimizer),
-                       evaluator=instantiate(cfg.evaluation)(train=dataset.train), run_config=resolved)
+    evaluator = instantiate(cfg.evaluation)(train=dataset.train)
+    check_run(cfg, evaluator, model)
+    module = RecModule(model, dataset, optimizer=instantiate(cfg.optimizer), evaluator=evaluator,
+                       run_config=resolved)
     datamodule = instantiate(cfg.datamodule)(dataset=dataset)
 
     timings = Timings()

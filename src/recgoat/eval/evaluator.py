@@ -99,6 +99,9 @@ class FullRankingEvaluator:
         self.ks = sorted({int(k) for k in ks})
         if not self.ks or self.ks[0] < 1:
             raise ValueError(f"ks must be positive integers, got {ks}")
+        if int(user_batch) < 1 or item_chunk is not None and int(item_chunk) < 1:
+            raise ValueError(f"evaluation.user_batch and evaluation.item_chunk must be positive integers (item_chunk "
+                             f"may be null: all items), got {user_batch} and {item_chunk}")
         self.user_batch = int(user_batch)
         self.item_chunk = int(item_chunk) if item_chunk else self.n_items
         self.metrics = list(metrics)

@@ -40,7 +40,7 @@ def cached_sparse(cache_dir: str | Path | None, builder: str, version: int, arra
     if path.exists():
         try:
             return sp.load_npz(path).tocsr()
-        except (OSError, ValueError) as e:  # a damaged file is rebuilt, not trusted
+        except Exception as e:  # a damaged or truncated file (BadZipFile, EOFError, ...) is rebuilt, not trusted
             log.warning("graph cache %s unreadable (%s); rebuilding", path, e)
     m = sp.csr_matrix(build())
 

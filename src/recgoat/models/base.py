@@ -17,9 +17,16 @@ import torch
 from torch import Tensor, nn
 
 
+def check_dim(dim: int) -> int:
+    """``model.embedding_dim``, which must be a positive integer (0 would train a model with nothing to learn)."""
+    if int(dim) < 1:
+        raise ValueError(f"model.embedding_dim must be a positive integer, got {dim}")
+    return int(dim)
+
+
 def id_embedding(n: int, dim: int) -> nn.Parameter:
     """A ``[n, dim]`` ID embedding table, Xavier-uniform initialised (MMRec's choice for graph models)."""
-    return nn.Parameter(nn.init.xavier_uniform_(torch.empty(n, dim)))
+    return nn.Parameter(nn.init.xavier_uniform_(torch.empty(n, check_dim(dim))))
 
 
 class Scorer(abc.ABC):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from recgoat.data import RecDataset
-from recgoat.models.base import EmbeddingScorer, Recommender, Scorer
+from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, check_dim
 from recgoat.nn import bpr_loss, embedding_norm_penalty
 
 
@@ -18,6 +18,7 @@ class BPRMF(Recommender):
 
     def __init__(self, dataset: RecDataset, *, embedding_dim: int, reg_weight: float):
         super().__init__(dataset.n_users, dataset.n_items)
+        embedding_dim = check_dim(embedding_dim)
         self.reg_weight = reg_weight
         self.user_emb = nn.Embedding(self.n_users, embedding_dim)
         self.item_emb = nn.Embedding(self.n_items, embedding_dim)

@@ -19,9 +19,14 @@ def fill_missing_rows(name: str, x: np.ndarray, policy: str) -> np.ndarray:
     of the present rows."""
     if policy not in MISSING_POLICIES:
         raise ValueError(f"missing_features must be one of {MISSING_POLICIES}, got {policy!r}")
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise DataError(f"{name}: shape {x.shape} has no feature columns; expected [rows, dim] with dim >= 1")
     missing = ~np.any(x != 0, axis=1)
     if not missing.any():
         return x
+    if missing.all():
+        raise DataError(f"{name}: all {len(x)} rows are all zeros: there are no features (nothing to fill "
+                        f"missing rows from, even with model.missing_features=mean); check the feature file")
     first = int(np.flatnonzero(missing)[0])
     if policy == "error":
         raise DataError(

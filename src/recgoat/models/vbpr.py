@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from recgoat.data import RecDataset
-from recgoat.models.base import EmbeddingScorer, Recommender, Scorer
+from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, check_dim
 from recgoat.models.inputs import item_modalities
 from recgoat.nn import bpr_loss, embedding_norm_penalty
 
@@ -31,6 +31,7 @@ class VBPR(Recommender):
     def __init__(self, dataset: RecDataset, *, embedding_dim: int, reg_weight: float, modalities: list[str] | None,
                  missing_features: str):
         super().__init__(dataset.n_users, dataset.n_items)
+        embedding_dim = check_dim(embedding_dim)
         features = item_modalities(dataset, "VBPR", modalities, missing_features)
         self.modalities = list(features)
         self.reg_weight = reg_weight
