@@ -187,3 +187,42 @@ def test_movielens_local_folder():
 def test_movielens_missing_folder_says_how_to_get_it(tmp_path):
     with pytest.raises(DataError, match=r"u\.data: not found.*dataset\.download=true"):
         load_movielens(tmp_path / "nowhere")
+
+
+def test_id_gaps_are_reindexed_with_a_warning_keeping_the_files_ids_and_feature_rows(tmp_path, caplog):
+    from recgoat.inference import LoadedModel
+    from recgoat.models import MostPop
+    from recgoat.recommend import resolve_users
+
+    rng = np.random.default_rng(0)
+    users = list(range(30)) + [100]
+    rows = [(u, i, 5, 1, label) for u in users for i, label in ((0, 0), (1, 0), (3, 0), (5, 1), (6, 2))]
+    text = rng.normal(size=(7, 4)).astype(np.float32)            # item ids 0..6; 2 and 4 occur nowhere
+    prefs = rng.normal(size=(101, 3)).astype(np.float32)
+    folder = write_mmrec(tmp_path / "gaps", rows, features={"text": text})
+    np.save(folder / "user_pref_feat.npy", prefs)
+    with caplog.at_level("WARNING"):
+        d = load_mmrec(folder)
+    assert (d.n_users, d.n_items) == (31, 5)
+    assert d.user_ids.tolist() == users and d.item_ids.tolist() == [0, 1, 3, 5, 6]
+    np.testing.assert_array_equal(d.item_features["text"], text[[0, 1, 3, 5, 6]])
+    np.testing.assert_array_equal(d.user_features, prefs[users])
+    assert "70 of the user ids 0..100 occur in no interaction" in caplog.text
+    assert "2 of the item ids 0..6 occur in no interaction" in caplog.text
+    known, unknown = resolve_users(LoadedModel(MostPop(d), d, {}, {}), ["100", "50"])
+    assert known.tolist() == [30] and unknown == ["50"]           # id 50 is in no file: not served
+
+
+def test_a_non_utf8_byte_is_named_on_its_line_and_a_bom_is_ignored_with_a_warning(tmp_path, caplog):
+    folder = write_mmrec(tmp_path / "enc", toy_rows())
+    inter = folder / "toy.inter"
+    lines = inter.read_bytes().split(b"\n")
+    lines[5] = lines[5].replace(b"\t5\t", b"\t\xe9\t", 1)                       # line 6: a Latin-1 byte
+    inter.write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError, match=r"toy\.inter:6: byte 0xe9 at column \d+ is not UTF-8"):
+        load_mmrec(folder)
+    bom = write_mmrec(tmp_path / "bom", toy_rows())
+    (bom / "toy.inter").write_bytes(b"\xef\xbb\xbf" + (bom / "toy.inter").read_bytes())
+    with caplog.at_level("WARNING"):
+        d = load_mmrec(bom)
+    assert d.n_users == 3 and "byte-order mark (BOM); ignored" in caplog.text

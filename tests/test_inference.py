@@ -104,3 +104,20 @@ def test_models_without_embeddings_cannot_be_exported(tiny_synthetic, tmp_path):
     with pytest.raises(ValueError, match="MostPop does not score by an inner product"):
         export_embeddings(loaded, tmp_path / "x")
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+def test_a_checkpoint_whose_relative_data_path_does_not_resolve_here_says_where_the_path_came_from(tmp_path,
+                                                                                                  monkeypatch):
+    folder = tmp_path / "data" / "toy"
+    folder.mkdir(parents=True)
+    rows = [(u, i, 5, 0, 0 if i < 4 else 1 + (i % 2)) for u in range(6) for i in range(6)]
+    (folder / "toy.inter").write_text("userID\titemID\trating\ttimestamp\tx_label\n"
+                                      + "".join("\t".join(map(str, r)) + "\n" for r in rows))
+    monkeypatch.chdir(tmp_path)
+    res = run_in_process(["model=bpr", "dataset=mmrec", "dataset.path=data/toy", *QUIET, "trainer.max_epochs=1"],
+                         tmp_path / "run")
+    monkeypatch.chdir(tmp_path / "run")
+    with pytest.raises(CheckpointError, match=r"the dataset config comes from the checkpoint \(path 'data/toy', read "
+                                              r"relative to the current directory .*\+dataset.path=<folder>"):
+        load_model(res["best_checkpoint"])
+    assert load_model(res["best_checkpoint"], dataset_overrides={"path": str(folder)}).dataset.n_users == 6

@@ -65,7 +65,14 @@ def load_model(ckpt_path: str | Path, dataset_overrides: dict | None = None,
     cfg = OmegaConf.create(config)
     if dataset_overrides:
         cfg.dataset = OmegaConf.merge(cfg.dataset, dataset_overrides)
-    dataset = instantiate(cfg.dataset)
+    try:
+        dataset = instantiate(cfg.dataset)
+    except Exception as e:
+        path = cfg.dataset.get("path")
+        raise CheckpointError(
+            f"{ckpt_path}: the data of its run could not be loaded ({e}); the dataset config comes from the "
+            f"checkpoint (path {path!r}, read relative to the current directory {Path.cwd()} if relative); "
+            f"point at the data with +dataset.path=<folder>") from e
     expected = meta["dataset"]
     if dataset.fingerprint() != expected["fingerprint"]:
         raise CheckpointError(

@@ -8,7 +8,10 @@
 """
 from __future__ import annotations
 
+import codecs
 import csv
+import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,8 @@ from recgoat.data.features import find_feature_files, load_item_features, load_u
 from recgoat.data.splitting import assemble_splits
 
 REQUIRED_INTER_COLUMNS = ("userID", "itemID", "x_label")
+
+log = logging.getLogger(__name__)
 
 
 def _parse_id(token: str, path: Path, lineno: int, field: str, limit: int | None = None) -> int:
@@ -33,11 +38,25 @@ def _parse_id(token: str, path: Path, lineno: int, field: str, limit: int | None
     return value
 
 
-def _open_text(path: Path):
+def _open_text(path: Path) -> io.StringIO:
+    """The file's text, checked first: a byte that is not UTF-8 is named with its line and column, and a UTF-8
+    byte-order mark (as spreadsheet programs write) is dropped with a warning instead of becoming part of the
+    first column's name."""
     try:
-        return open(path, encoding="utf-8", newline="")
+        data = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot open ({e.strerror})") from e
+    if data.startswith(codecs.BOM_UTF8):
+        log.warning("%s: starts with a UTF-8 byte-order mark (BOM); ignored", path)
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineno = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(f"{path}:{lineno}: byte {data[e.start]:#04x} at column {column} is not UTF-8 "
+                        f"(save the file as UTF-8)") from None
+    return io.StringIO(text, newline="")
 
 
 def read_inter_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -106,6 +125,26 @@ def _attach_id_maps(folder: Path, n_users: int, n_items: int) -> dict:
     return out
 
 
+def compact_ids(users: np.ndarray, items: np.ndarray, source: str, n_users: int, n_items: int, features: dict,
+                user_features: np.ndarray | None, id_maps: dict) -> dict:
+    """Indices for the ids that occur. Ids are row numbers of the feature files, so a file may skip some; the
+    skipped ids would otherwise become users or items that are in no file (recommended, counted, allocated: a
+    single id of 10,000,000 would make ten million users). They are dropped with a warning, the feature rows
+    and id maps follow, and ``user_ids``/``item_ids`` keep the file's ids."""
+    kept_users, users = np.unique(users, return_inverse=True)
+    kept_items, items = np.unique(items, return_inverse=True)
+    for what, kept, n in (("user", kept_users, n_users), ("item", kept_items, n_items)):
+        if len(kept) < n:
+            log.warning("%s: %d of the %s ids 0..%d occur in no interaction; %ss are re-indexed to the %d that "
+                        "occur (the original ids are kept as %s_ids)", source, n - len(kept), what, n - 1, what,
+                        len(kept), what)
+    maps = {"user_ids": id_maps.get("user_ids", np.arange(n_users))[kept_users],
+            "item_ids": id_maps.get("item_ids", np.arange(n_items))[kept_items]}
+    return {"users": users, "items": items, "n_users": len(kept_users), "n_items": len(kept_items),
+            "item_features": {m: x[kept_items] for m, x in features.items()},
+            "user_features": None if user_features is None else user_features[kept_users], **maps}
+
+
 def load_mmrec(path: str | Path, name: str | None = None, modalities: list[str] | None = None,
                user_features: bool = True) -> RecDataset:
     """Load an MMRec dataset folder (``<name>.inter`` + ``*_feat.npy``)."""
@@ -126,10 +165,9 @@ def load_mmrec(path: str | Path, name: str | None = None, modalities: list[str] 
     top = int(items.argmax())
     feats = load_item_features(find_feature_files(folder, modalities), n_items,
                                max_item_ref=(int(items[top]), f"{inter_path}:{lines[top]}"))
-    return assemble_splits(
-        name, users, items, labels, n_users, n_items, source=str(inter_path),
-        item_features=feats, user_features=load_user_features(folder, n_users, user_features),
-        **_attach_id_maps(folder, n_users, n_items))
+    data = compact_ids(users, items, str(inter_path), n_users, n_items, feats,
+                       load_user_features(folder, n_users, user_features), _attach_id_maps(folder, n_users, n_items))
+    return assemble_splits(name, labels=labels, source=str(inter_path), **data)
 
 
 def read_user_items_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -181,7 +219,6 @@ def load_split_txt(path: str | Path, name: str | None = None, feature_dir: str |
         offsets = np.cumsum([0] + [len(p[0]) for p in parts])
         which = int(np.searchsorted(offsets, top, side="right")) - 1
         feats = load_item_features(files, n_items, max_item_ref=(int(items.max()), f"in {parts[which][3]}"))
-    return assemble_splits(
-        name or folder.name, users, items, labels, n_users, n_items, source=str(folder),
-        item_features=feats, user_features=load_user_features(fdir, n_users, user_features),
-        **_attach_id_maps(folder, n_users, n_items))
+    data = compact_ids(users, items, str(folder), n_users, n_items, feats,
+                       load_user_features(fdir, n_users, user_features), _attach_id_maps(folder, n_users, n_items))
+    return assemble_splits(name or folder.name, labels=labels, source=str(folder), **data)
