@@ -50,6 +50,17 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def data_mismatch(ckpt_path, recorded: dict, dataset: RecDataset) -> str | None:
+    """``None`` when ``dataset`` has the fingerprint a checkpoint recorded (``recorded``: its ``recgoat.dataset``
+    entry), else what differs."""
+    if dataset.fingerprint() == recorded["fingerprint"]:
+        return None
+    return (f"{ckpt_path}: trained on dataset '{recorded['name']}' ({recorded['n_users']} users, "
+            f"{recorded['n_items']} items, fingerprint {recorded['fingerprint'][:12]}), but the data loaded now is "
+            f"'{dataset.name}' ({dataset.n_users} users, {dataset.n_items} items, fingerprint "
+            f"{dataset.fingerprint()[:12]})")
+
+
 def load_model(ckpt_path: str | Path, dataset_overrides: dict | None = None,
                device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the model of a checkpoint on the data it was trained on, in eval mode.
@@ -73,13 +84,9 @@ def load_model(ckpt_path: str | Path, dataset_overrides: dict | None = None,
             f"{ckpt_path}: the data of its run could not be loaded ({e}); the dataset config comes from the "
             f"checkpoint (path {path!r}, read relative to the current directory {Path.cwd()} if relative); "
             f"point at the data with +dataset.path=<folder>") from e
-    expected = meta["dataset"]
-    if dataset.fingerprint() != expected["fingerprint"]:
-        raise CheckpointError(
-            f"{ckpt_path}: trained on dataset '{expected['name']}' ({expected['n_users']} users, "
-            f"{expected['n_items']} items, fingerprint {expected['fingerprint'][:12]}), but the data now "
-            f"loaded is '{dataset.name}' ({dataset.n_users} users, {dataset.n_items} items, fingerprint "
-            f"{dataset.fingerprint()[:12]}); the checkpoint belongs to different data")
+    mismatch = data_mismatch(ckpt_path, meta["dataset"], dataset)
+    if mismatch:
+        raise CheckpointError(f"{mismatch}; the checkpoint belongs to different data")
     for key in ("user_ids", "item_ids"):
         now = [str(x) for x in getattr(dataset, key)]
         if now != [str(x) for x in meta[key]]:

@@ -66,16 +66,12 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
 
 def check_resume_data(ckpt_path: str | Path, dataset) -> int:
     """The epoch of the checkpoint, after checking that ``dataset`` is the data it was trained on."""
-    import torch
+    from recgoat.inference import data_mismatch, read_checkpoint
 
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    recorded = ckpt["recgoat"]["dataset"]
-    if dataset.fingerprint() != recorded["fingerprint"]:
-        raise ResumeError(
-            f"{ckpt_path}: trained on dataset '{recorded['name']}' ({recorded['n_users']} users, "
-            f"{recorded['n_items']} items, fingerprint {recorded['fingerprint'][:12]}), but the data loaded now is "
-            f"'{dataset.name}' ({dataset.n_users} users, {dataset.n_items} items, fingerprint "
-            f"{dataset.fingerprint()[:12]}): the data changed since the run started, so it cannot be continued")
+    ckpt = read_checkpoint(ckpt_path)
+    mismatch = data_mismatch(ckpt_path, ckpt["recgoat"]["dataset"], dataset)
+    if mismatch:
+        raise ResumeError(f"{mismatch}: the data changed since the run started, so it cannot be continued")
     return int(ckpt["epoch"])
 
 
