@@ -77,9 +77,7 @@ class DeviceCSR:
         m.sort_indices()
         self.scipy = m
         self.shape = m.shape
-        self.indptr = torch.from_numpy(m.indptr.astype(np.int64))
-        self.indices = torch.from_numpy(m.indices.astype(np.int64))
-        self._cache: dict[tuple[str, torch.device], object] = {}
+        self._cache: dict[tuple[str, torch.device], object] = {}  # what a use needs, built on first use
 
     @classmethod
     def from_edge_index(cls, edge_index: Tensor, num_nodes: int) -> DeviceCSR:
@@ -89,7 +87,7 @@ class DeviceCSR:
 
     @property
     def nnz(self) -> int:
-        return self.indices.numel()
+        return self.scipy.nnz
 
     def transpose(self) -> DeviceCSR:
         return DeviceCSR(self.scipy.T)
@@ -104,8 +102,10 @@ class DeviceCSR:
         """The matrix as a torch sparse CSR tensor on ``device``."""
         return self._on("matrix", device, lambda d: to_torch_csr(self.scipy).to(d))
 
-    def _index(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        return self._on("index", device, lambda d: (self.indptr.to(d), self.indices.to(d)))
+    def _index(self, device: torch.device | str) -> tuple[Tensor, Tensor]:
+        """(indptr, indices) as int64 on ``device``."""
+        return self._on("index", device, lambda d: (torch.from_numpy(self.scipy.indptr.astype(np.int64)).to(d),
+                                                    torch.from_numpy(self.scipy.indices.astype(np.int64)).to(d)))
 
     def row_counts(self, rows: Tensor) -> Tensor:
         """Non-zeros per row of ``rows`` (on their device)."""
@@ -133,13 +133,12 @@ class DeviceCSR:
             raise ValueError(f"graph attention needs a square graph, got shape {self.shape}")
 
         def build(d: torch.device) -> CSREdges:
-            counts = self.indptr[1:] - self.indptr[:-1]
-            row = torch.repeat_interleave(torch.arange(n), counts)
-            col = self.indices
+            rowptr, col = self._index("cpu")
+            row = torch.repeat_interleave(torch.arange(n), rowptr[1:] - rowptr[:-1])
             perm_t = torch.argsort(col * n + row)                       # edges of the transpose, by source
             counts_t = torch.bincount(col, minlength=n)
             rowptr_t = torch.cat([counts_t.new_zeros(1), counts_t.cumsum(0)])
-            parts = (self.indptr, col, row, perm_t, rowptr_t, row[perm_t], torch.arange(col.numel()))
+            parts = (rowptr, col, row, perm_t, rowptr_t, row[perm_t], torch.arange(col.numel()))
             return CSREdges(*(t.to(d) for t in parts), num_nodes=n)
 
         return self._on("edges", device, build)
