@@ -126,7 +126,7 @@ class RecGOAT(Recommender):
         self.cmcl = cmcl
         self.oat_w1 = oat_w1
         self.fusion = fusion(names=["id", *self.modalities], dim=d)
-        self.users = users
+        self.user_fusion = users
         if users == "fused":
             self.user_items = SparseOperator(row_mean(dataset.train))
 
@@ -156,7 +156,7 @@ class RecGOAT(Recommender):
             with record_function("recgoat.oat_map"):
                 aligned = {m: self.oat_map[m](aligned[m], item_id) for m in self.modalities}
         item = self.fusion({"id": item_id, **aligned})
-        if self.users == "fused":
+        if self.user_fusion == "fused":
             users = self.fusion({"id": users, **{m: self.user_items(aligned[m]) for m in self.modalities}})
         return {"user": users, "item": item, "item_id": item_id, "aligned": aligned}
 
