@@ -58,7 +58,7 @@ def check_run(cfg: DictConfig, evaluator, model) -> None:
     if model.trainable and max_epochs is not None and max_epochs < 1:
         raise ValueError(f"trainer.max_epochs must be >= 1 to train {type(model).__name__} (got {max_epochs}); "
                          f"the best epoch is selected on valid, so at least one epoch must run")
-    if cfg.get("ckpt_path"):
+    if cfg.get("ckpt_path") and cfg.get("resume") is None:  # a resume has read it (check_resume_data)
         from recgoat.inference import read_checkpoint
         read_checkpoint(cfg.ckpt_path)  # a missing, empty or truncated file: a message naming it, before any work
 

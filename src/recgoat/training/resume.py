@@ -32,8 +32,6 @@ def last_checkpoint(run_dir: Path) -> Path:
 def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """The run's own saved config, with the safe ``overrides`` of this command applied and ``ckpt_path`` set to
     its last checkpoint; refuses anything else with a message saying why."""
-    from recgoat.inference import CheckpointError, read_checkpoint
-
     run_dir = Path(cfg.resume).resolve()
     saved_path = run_dir / ".hydra" / "config.yaml"
     if not saved_path.is_file():
@@ -45,10 +43,6 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     if not ckpt.is_file():
         raise ResumeError(f"resume={cfg.resume}: {ckpt} not found: the run was stopped before its first "
                           f"validation; start it again")
-    try:
-        read_checkpoint(ckpt)
-    except CheckpointError as e:
-        raise ResumeError(f"resume={cfg.resume}: {e}") from e
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
     unsafe = [o for o, k in zip(overrides, keys, strict=True) if k not in RESUME_SAFE_OVERRIDES]
     if unsafe:
@@ -65,7 +59,8 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
 
 
 def check_resume_data(ckpt_path: str | Path, dataset) -> int:
-    """The epoch of the checkpoint, after checking that ``dataset`` is the data it was trained on."""
+    """The epoch of the checkpoint, after checking that it is readable and that ``dataset`` is the data it was
+    trained on (the one read of the checkpoint before Lightning restores it)."""
     from recgoat.inference import data_mismatch, read_checkpoint
 
     ckpt = read_checkpoint(ckpt_path)
