@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from recgoat.training import RecModule, RunSummary, Timings
 from recgoat.training.resume import check_resume_data, refuse_used_run_dir, resume_config, truncate_metrics
 from recgoat.utils.config import check_targets, conf_dir
+from recgoat.utils.provenance import provenance
 
 log = logging.getLogger("recgoat")
 
@@ -89,17 +90,20 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
 
     timings = Timings()
     info = {"name": cfg.get("name"), "model": type(model).__name__, "dataset": dataset.stats(), "seed": cfg.seed,
-            "n_parameters": sum(p.numel() for p in model.parameters()), "config": resolved, "load_s": load_s}
+            "monitor": cfg.monitor, "n_parameters": sum(p.numel() for p in model.parameters()),
+            "provenance": provenance(resolved, dataset.fingerprint()), "config": resolved, "load_s": load_s}
     summary = RunSummary(output_dir, info, timings)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[*instantiate_group(cfg.get("callbacks")), timings,
                                                               summary],
                                       logger=instantiate_group(cfg.get("logger")) or False)
     if model.trainable:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False)  # once, on the best epoch
     else:
         trainer.validate(module, datamodule=datamodule, verbose=False)
-        trainer.test(module, datamodule=datamodule, verbose=False)
+    if cfg.test:  # once, on the best epoch
+        trainer.test(module, datamodule=datamodule, ckpt_path="best" if model.trainable else None, verbose=False)
+    else:  # valid only: the test split is never scored (the leaderboard's search trials)
+        summary.finish(trainer, module, test=None)
     return summary.results
 
 

@@ -124,13 +124,14 @@ class EpochSummary(pl.Callback):
 
 
 class RunSummary(pl.Callback):
-    """After the test (once, on the best checkpoint): builds the run's results, logs the final valid/test metrics
-    to every logger (a table on W&B), and on rank 0 writes ``results.json`` and prints the table.
+    """After the test (once, on the best checkpoint), or after the fit of a valid-only run (``finish``): builds
+    the run's results, logs the final metrics to every logger (a table on W&B), and on rank 0 writes
+    ``results.json`` and prints the table.
 
     Args:
         output_dir: the run directory.
         info: what the run knows before training (name, model, dataset statistics, seed, parameters, config,
-            load time); the results add the best epoch, metrics, history and timings.
+            provenance, load time); the results add the best epoch, metrics, history and timings.
         timings: the run's :class:`Timings` callback.
     """
 
@@ -149,14 +150,22 @@ class RunSummary(pl.Callback):
         self._fit_s = time.perf_counter() - self._fit_t0
 
     def on_test_end(self, trainer, pl_module):
+        self.finish(trainer, pl_module, test=pl_module.last_metrics["test"])
+
+    def finish(self, trainer, pl_module, test: dict[str, float] | None) -> None:
+        """The results; ``test=None`` for a run that never evaluated the test split (``test=false``)."""
         trained = pl_module.model.trainable
-        best_epoch = pl_module.checkpoint_epoch if trained else None
         history = pl_module.valid_history
+        if not trained:
+            best_epoch = None
+        elif test is not None:
+            best_epoch = pl_module.checkpoint_epoch  # the best checkpoint, which the test loaded
+        else:  # the epoch ModelCheckpoint kept: the first best (it replaces its best only on improvement)
+            best_epoch = max(history, key=lambda h: h[self.info["monitor"]])["epoch"] if history else None
         valid = next((dict(h) for h in history if h["epoch"] == best_epoch), None)
         if valid is None:  # untrained models (validated once), or a history lost with an old checkpoint
-            valid = pl_module.last_metrics["valid"]
+            valid = dict(pl_module.last_metrics["valid"])
         valid.pop("epoch", None)
-        test = pl_module.last_metrics["test"]
         best_path = trainer.checkpoint_callback.best_model_path if trained and trainer.checkpoint_callback else None
         self.results = {
             **{k: self.info[k] for k in ("name", "model", "dataset", "seed")},
@@ -164,17 +173,20 @@ class RunSummary(pl.Callback):
             "valid": valid, "test": test, "valid_history": history,
             "n_parameters": self.info["n_parameters"],
             "timings": {"load_s": self.info["load_s"], "fit_s": self._fit_s, **self.timings.summary()},
+            "provenance": self.info["provenance"],
             "config": self.info["config"],
         }
-        final = {f"final/{split}/{k}": v for split, m in (("valid", valid), ("test", test)) for k, v in m.items()}
+        splits = (("valid", valid),) + ((("test", test),) if test is not None else ())
+        final = {f"final/{split}/{k}": v for split, m in splits for k, v in m.items()}
         for lg in trainer.loggers:
             lg.log_metrics({**final, "final/best_epoch": best_epoch if best_epoch is not None else -1})
-            if hasattr(lg, "log_table"):  # W&B: the final valid/test table
+            if hasattr(lg, "log_table") and test is not None:  # W&B: the final valid/test table
                 lg.log_table(key="final_metrics", columns=["metric", "valid", "test"],
                              data=[[k, valid[k], test[k]] for k in test])
         if trainer.is_global_zero:
             write_json_atomic(self.output_dir / "results.json", self.results)
             title = (f"{self.results['model']} on {self.results['dataset']['name']}: metrics at the best valid epoch "
-                     f"({best_epoch if best_epoch is not None else 'untrained'}), seed {self.results['seed']}")
-            print("\n" + metrics_table({"valid": valid, "test": test}, title=title))
+                     f"({best_epoch if best_epoch is not None else 'untrained'}), seed {self.results['seed']}"
+                     + ("" if test is not None else " (valid only: test=false)"))
+            print("\n" + metrics_table(dict(splits), title=title))
             print(f"results: {self.output_dir / 'results.json'}")
