@@ -212,9 +212,15 @@ def test_space_files_are_checked_with_file_and_key(tmp_path):
 
 
 def test_every_shipped_space_composes_into_a_run_config_the_model_accepts():
+    from hydra.utils import instantiate
+
     from recgoat.utils.config import check_targets
     cfg = compose([], config_name="leaderboard")
-    for name in cfg.models:
+    check_targets(cfg)
+    assert instantiate(cfg.sampler)(seed=0) is not None
+    names = sorted(p.stem for p in Path(cfg.space_dir).glob("*.yaml"))
+    assert set(cfg.models) <= set(names) and "recgoat_spec" in names
+    for name in names:
         space = load_space(cfg.space_dir, name)
         mid = {k: (s["choices"][-1] if s["type"] == "categorical" else s["high"]) for k, s in space.params.items()}
         run_cfg = compose([*space.run, *as_overrides(mid)])

@@ -304,7 +304,7 @@ def test_attention_propagation_is_the_layer_mean_of_pyg_gatconv_layers():
 def test_fusion_is_the_layer_normed_weighted_sum_unit_norm_only_when_asked(normalize, layer_norm):
     g = torch.Generator().manual_seed(3)
     parts = {"id": torch.randn(6, 8, generator=g), "text": 3 * torch.randn(6, 8, generator=g)}
-    fusion = AdaptiveFusion(["id", "text"], 8, init={"id": 0.15, "text": 0.8}, normalize=normalize,
+    fusion = AdaptiveFusion(["id", "text"], 8, init={"id": 0.15, "text": 0.8}, dropout=0.1, normalize=normalize,
                             layer_norm=layer_norm).eval()
     mixed = 0.15 * parts["id"] + 0.8 * parts["text"]
     expected = mixed

@@ -17,8 +17,11 @@ def test_report_table_from_real_runs(tmp_path):
             out = tmp_path / "sweep" / f"{name}-{seed}"
             results[(name, seed)] = run_in_process(
                 [f"model={model}", f"seed={seed}", f"name={name}", *TINY_DATA, *QUIET, "trainer.max_epochs=2"], out)
-    assert len(load_runs(tmp_path / "sweep")) == 4
-    table = main([str(tmp_path / "sweep"), "--metrics", "recall@20", "ndcg@20"])
+    valid_only = run_in_process(["model=lightgcn", "seed=3", "name=lgcn_runs", "test=false", *TINY_DATA, *QUIET,
+                                 "trainer.max_epochs=2"], tmp_path / "sweep" / "lgcn_runs-valid-only")
+    assert valid_only["test"] is None and valid_only["valid"]["recall@20"] > 0
+    assert len(load_runs(tmp_path / "sweep")) == 5
+    table = main([str(tmp_path / "sweep"), "--metrics", "recall@20", "ndcg@20"])  # the valid-only run left out
     for name in ("bpr_runs", "lgcn_runs"):
         values = [results[(name, s)]["test"]["recall@20"] for s in (1, 2)]
         row = next(line for line in table.splitlines() if line.startswith(f"| {name} "))

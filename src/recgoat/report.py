@@ -161,6 +161,12 @@ def main(argv=None) -> str:
     parser.add_argument("--out", help="markdown file to write (default: <root>/report.md)")
     args = parser.parse_args(argv)
     runs = load_runs(args.root)
+    unscored = [r for r in runs if r.get(args.split) is None]
+    if unscored:  # valid-only runs (test=false, e.g. a leaderboard's search trials) have no test metrics
+        print(f"{len(unscored)} of {len(runs)} runs have no {args.split} metrics (test=false) and are left out")
+        runs = [r for r in runs if r.get(args.split) is not None]
+        if not runs:
+            raise SystemExit(f"{args.root}: no run has {args.split} metrics; try --split valid")
     rows = aggregate(runs, args.split, args.metrics)
     table = markdown(rows, args.metrics, args.split)
     out = Path(args.out) if args.out else Path(args.root) / "report.md"

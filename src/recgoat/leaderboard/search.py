@@ -126,6 +126,7 @@ def run_one(overrides: list[str], out: Path) -> dict:
     quiet[0].addHandler(handler)
     for lg in quiet:
         lg.propagate = False
+    quiet[0].setLevel(logging.INFO)  # the epoch lines, also in a worker process (its root logger is unset)
     quiet[1].setLevel(logging.WARNING)
     quiet[2].setLevel(logging.WARNING)
     wall0, cpu0 = time.perf_counter(), time.process_time()
