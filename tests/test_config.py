@@ -85,6 +85,10 @@ def test_every_dataset_config_composes_and_loads(dataset, tmp_path):
         (folder / "toy.inter").write_text("userID\titemID\trating\ttimestamp\tx_label\n"
                                           + "".join("\t".join(map(str, r)) + "\n" for r in rows))
         cfg = compose([f"dataset={dataset}", f"dataset.path={folder}"])
+    elif dataset == "csv":
+        path = tmp_path / "inter.csv"
+        path.write_text("user_id,item_id\n" + "".join(f"u{u},i{i}\n" for u in range(6) for i in range(6)))
+        cfg = compose([f"dataset={dataset}", f"dataset.path={path}", "dataset.name=toy"])
     else:
         cfg = compose([f"dataset={dataset}"])
         if dataset != "synthetic" and not SHARED_DATA.exists():

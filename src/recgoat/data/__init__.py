@@ -5,10 +5,11 @@ from recgoat.data.mmrec import load_mmrec, load_split_txt
 from recgoat.data.movielens import download_ml100k, load_movielens
 from recgoat.data.splitting import assemble_splits, kcore_filter, split_per_user
 from recgoat.data.synthetic import make_synthetic
+from recgoat.data.table import load_csv
 from recgoat.data.unisrec import load_unisrec
 
 __all__ = [
     "SPLITS", "DataError", "RecDataset", "array_digest", "assemble_splits", "check_feature_matrix",
-    "download_ml100k", "kcore_filter", "load_mmrec", "load_movielens", "load_split_txt", "load_unisrec",
+    "download_ml100k", "kcore_filter", "load_csv", "load_mmrec", "load_movielens", "load_split_txt", "load_unisrec",
     "make_synthetic", "matrix_from_pairs", "split_per_user",
 ]

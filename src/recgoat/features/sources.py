@@ -98,3 +98,59 @@ def item_text(meta: dict | None, fields: list[str]) -> tuple[str, list[str]]:
         else:
             missing.append(name)
     return " ".join(parts), missing
+
+
+def table_items(path: str | Path, id_column: str, text_columns: list[str], image_column: str | None = None,
+                delimiter: str | None = None) -> dict:
+    """``{item_id: {<text column>: value, ..., "image": path}}`` from your own table: CSV, TSV or JSONL (one
+    object per line). Ids are strings (the dataset's ids are matched to them as strings); ``image_column``
+    holds local image paths, relative to the table's folder (a missing file counts as no image). A row without
+    an id is an error naming its line; a repeated id keeps its first row, with a warning."""
+    table = Path(path)
+    if not table.is_file():
+        raise DataError(f"{table}: item table not found (features.source.path)")
+    wanted = [id_column, *text_columns] + ([image_column] if image_column else [])
+    if table.suffix.lower() in (".jsonl", ".ndjson"):
+        rows = _jsonl_rows(table)
+    else:
+        from recgoat.data.mmrec import _open_text
+        delim = delimiter or ("\t" if table.suffix.lower() in (".tsv", ".tab") else ",")
+        reader = csv.DictReader(_open_text(table), delimiter=delim)
+        header = reader.fieldnames or []
+        missing = [c for c in wanted if c not in header]
+        if missing:
+            raise DataError(f"{table}:1: no column(s) {missing} in the header {header} (features.source.id_column, "
+                            f"text_columns, image_column)")
+        rows = ((reader.line_num, row) for row in reader)
+    items: dict[str, dict] = {}
+    repeated = 0
+    for lineno, row in rows:
+        item = str(row.get(id_column) or "").strip()
+        if not item:
+            raise DataError(f"{table}:{lineno}: field '{id_column}' (the item id) is empty")
+        if item in items:
+            repeated += 1
+            continue
+        meta = {c: (str(row[c]).strip() or None) if row.get(c) is not None else None for c in text_columns}
+        image = None
+        if image_column and row.get(image_column):
+            candidate = (table.parent / str(row[image_column]).strip())
+            image = candidate if candidate.is_file() else None
+        items[item] = {**meta, "image": image}
+    if repeated:
+        log.warning("%s: %d repeated item id(s); the first row of each is used", table, repeated)
+    return items
+
+
+def _jsonl_rows(table: Path):
+    with open(table, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{table}:{lineno}: not a JSON object ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{table}:{lineno}: not a JSON object")
+            yield lineno, row
