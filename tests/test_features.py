@@ -135,3 +135,23 @@ def test_malformed_metadata_rows_are_skipped_not_fatal(tmp_path, caplog):
         items = ml100k_items(tmp_path)
     assert sorted(items) == [1, 2] and items[2]["overview"] is None and items[1]["genres"] == "Drama"
     assert "items_tmdb.csv:3: field 'movie_id' = 'abc' is not an integer; line skipped" in caplog.text
+
+
+def test_an_item_table_serves_an_mmrec_folder_through_its_id_map(tmp_path, text_encoder):
+    """features=table on dataset=mmrec: the folder's i_id_mapping.csv turns item indices into the table's ids;
+    rows follow the item index, and an item with no table row is listed in the sidecar."""
+    from recgoat.data import load_mmrec
+    from recgoat.features.sources import table_items
+    from tests.test_data import write_mmrec
+    rows = [(u, i, 5, 0, 0 if k < 3 else 1 if k == 3 else 2) for u in range(6) for k, i in enumerate(range(5))]
+    folder = write_mmrec(tmp_path / "shop", rows)
+    (folder / "i_id_mapping.csv").write_text("asin\titemID\n" + "".join(f"B00{i}\t{i}\n" for i in range(5)))
+    (tmp_path / "items.tsv").write_text("asin\ttitle\n" + "".join(f"B00{i}\tThing number {i}\n" for i in range(4)))
+    data = load_mmrec(folder)
+    out = tmp_path / "feat"
+    build_features(data, table_items(tmp_path / "items.tsv", "asin", ["title"]), out, text_fields=["title"],
+                   text_encoder=text_encoder, profile="none")
+    side = json.loads((out / "text_feat.json").read_text())
+    assert side["items_without_metadata"] == ["B004"]
+    x = np.load(out / "text_feat.npy")
+    np.testing.assert_allclose(x[2], text_encoder.encode(["Title: Thing number 2."])[0], rtol=1e-4, atol=1e-5)

@@ -86,6 +86,8 @@ def row(plan: Plan, space: Space, metrics: list[str]) -> dict:
         "best_epoch": mean_std([float(r["results"]["best_epoch"]) for r in seeds]),
         "cpu_s": sum(cpu), "wall_s": wall, "wall_s_per_run": wall / n_runs if n_runs else None,
         "search_wall_s_per_trial": (sum(w for w, _ in search_wall) / len(trials)) if trials else None,
+        "search_cpu_s_per_trial": (statistics.fmean(c for _, c in search_wall if c is not None)
+                                   if any(c is not None for _, c in search_wall) else None),
         "runs": [{"seed": r["seed"], "path": r["path"], "valid": r["results"]["valid"],
                   "test": r["results"]["test"], "best_epoch": r["results"]["best_epoch"]} for r in seeds],
     }
@@ -106,7 +108,8 @@ def markdown(rows: list[dict], metrics: list[str], plan: Plan, manifest: dict) -
     m0 = plan.monitor
     dirty = " (uncommitted changes)" if manifest["code"]["dirty"] else ""
     head = (["model", "status", "trials", f"best valid {m0} (search)", f"valid {m0} (seeds)"]
-            + [f"test {m}" for m in metrics] + ["best epoch", "CPU s", "wall s", "wall s / trial", "best parameters"])
+            + [f"test {m}" for m in metrics] + ["best epoch", "CPU s", "wall s", "CPU s / trial", "wall s / trial",
+                                                "best parameters"])
     lines = [f"# Leaderboard: {plan.dataset}", "",
              f"Every model: {plan.trials} search trials (Optuna TPE on valid {m0}, test never scored), then the "
              f"best configuration retrained with seeds 1..{plan.seeds} and tested once at its best valid epoch; "
@@ -120,6 +123,7 @@ def markdown(rows: list[dict], metrics: list[str], plan: Plan, manifest: dict) -
                  "" if r["search_valid"] is None else f"{r['search_valid']:.4f}", _fmt(r["valid"][m0])]
         cells += [_fmt(r["test"][m]) for m in metrics]
         cells += [_fmt(r["best_epoch"], 0), f"{r['cpu_s']:.0f}", f"{r['wall_s']:.0f}",
+                  "" if r["search_cpu_s_per_trial"] is None else f"{r['search_cpu_s_per_trial']:.0f}",
                   "" if r["search_wall_s_per_trial"] is None else f"{r['search_wall_s_per_trial']:.0f}",
                   _params(r["best_params"])]
         lines.append("| " + " | ".join(cells) + " |")
@@ -133,12 +137,14 @@ def write_csv(rows: list[dict], metrics: list[str], path: Path, monitor: str) ->
             w.writerow(["model", "status", "trials", "failed_trials", "search_valid"]
                        + [f"valid_{monitor}_mean", f"valid_{monitor}_std"]
                        + [f"test_{m}_{s}" for m in metrics for s in ("mean", "std")]
-                       + ["n_seeds", "cpu_s", "wall_s", "search_wall_s_per_trial", "best_params"])
+                       + ["n_seeds", "cpu_s", "wall_s", "search_cpu_s_per_trial", "search_wall_s_per_trial",
+                          "best_params"])
             for r in rows:
                 v = r["valid"][monitor] or ("", "")
                 tests = [x for m in metrics for x in (r["test"][m] or ("", ""))]
                 w.writerow([r["model"], r["status"], r["trials"], r["failed_trials"], r["search_valid"], *v, *tests,
-                            len(r["seeds"]), r["cpu_s"], r["wall_s"], r["search_wall_s_per_trial"],
+                            len(r["seeds"]), r["cpu_s"], r["wall_s"], r["search_cpu_s_per_trial"],
+                            r["search_wall_s_per_trial"],
                             json.dumps(r["best_params"])])
     atomic_write(path, write)
 
