@@ -227,3 +227,20 @@ def test_every_shipped_space_composes_into_a_run_config_the_model_accepts():
         check_targets(run_cfg)  # every tuned key is a key the model's components take
         for key, value in mid.items():
             assert OmegaConf.select(run_cfg, key) == value, (name, key)
+
+
+def test_models_in_parallel_processes_give_the_sequential_leaderboard(tmp_path):
+    import torch
+    args = ("models=[lightgcn,vbpr]", "trials=2", "seeds=1", TINY_RUN, "budget.max_epochs=3", "threads_per_job=1")
+    threads = torch.get_num_threads()
+    try:
+        sequential = board(tmp_path / "one", *args, "jobs=1")
+    finally:
+        torch.set_num_threads(threads)  # jobs=1 set this process's threads
+    parallel = board(tmp_path / "two", *args, "jobs=2")
+    for a, b in zip(sequential["rows"], parallel["rows"], strict=True):
+        assert (a["model"], a["best_params"], a["search_valid"], a["test"]) == \
+               (b["model"], b["best_params"], b["search_valid"], b["test"])
+    assert [r["status"] for r in parallel["rows"]] == ["done", "done"]
+    lines = (tmp_path / "two" / "progress.log").read_text().splitlines()
+    assert len(lines) == 6 and lines[-1].split("| ")[1].startswith("6/6 runs done")

@@ -22,7 +22,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from recgoat.leaderboard.search import LeaderboardError, Plan, run_model
+from recgoat.leaderboard.search import LeaderboardError, Plan, load_study
 from recgoat.leaderboard.space import Space, load_space
 from recgoat.leaderboard.table import markdown, write_table
 from recgoat.utils.config import conf_dir
@@ -92,6 +92,7 @@ def copy_spaces(out: Path, spaces: list[Space]) -> None:
 
 
 def _work(plan: Plan, space: Space, spaces: list[Space], metrics: list[str]) -> None:
+    from recgoat.leaderboard.search import run_model
     run_model(plan, space)
     write_table(plan, spaces, metrics)  # a partial table as each model ends
 
@@ -114,6 +115,8 @@ def leaderboard(cfg: DictConfig, dataset: str, dataset_overrides: list[str] = ()
     run = [*dataset_overrides, *(str(o) for o in cfg.run)]
     budget = [f"trainer.max_epochs={cfg.budget.max_epochs}", f"callbacks.early_stopping.patience={cfg.budget.patience}",
               f"callbacks.early_stopping.warmup_epochs={cfg.budget.warmup_epochs}", f"monitor={cfg.monitor}"]
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     with folder_lock(out):
         code = code_version()
@@ -132,6 +135,8 @@ def leaderboard(cfg: DictConfig, dataset: str, dataset_overrides: list[str] = ()
                     code_hash=code["code_hash"], data_fingerprint=manifest["data_fingerprint"],
                     total_runs={s.name: cfg.trials + cfg.seeds for s in spaces})
         metrics = [str(m) for m in cfg.metrics]
+        for space in spaces:  # the SQLite schema and the studies, before worker processes race to create them
+            load_study(plan, space)
         log.info("leaderboard in %s: %d models x (%d trials + %d seeds), %d job(s)", out, len(spaces), cfg.trials,
                  cfg.seeds, cfg.jobs)
         if cfg.jobs == 1:
