@@ -38,7 +38,7 @@ def _parse_id(token: str, path: Path, lineno: int, field: str, limit: int | None
     return value
 
 
-def _open_text(path: Path) -> io.StringIO:
+def open_text(path: Path) -> io.StringIO:
     """The file's text, checked first: a byte that is not UTF-8 is named with its line and column, and a UTF-8
     byte-order mark (as spreadsheet programs write) is dropped with a warning instead of becoming part of the
     first column's name."""
@@ -62,7 +62,7 @@ def _open_text(path: Path) -> io.StringIO:
 def read_inter_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Parse an MMRec ``.inter`` file into (users, items, labels, line number of each row)."""
     users, items, labels, lines = [], [], [], []
-    with _open_text(path) as f:
+    with open_text(path) as f:
         reader = csv.reader(f, delimiter="\t")
         try:
             header = next(reader)
@@ -101,7 +101,7 @@ def _read_id_map(path: Path) -> np.ndarray | None:
     if not path.exists():
         return None
     raw: dict[int, str] = {}
-    with _open_text(path) as f:
+    with open_text(path) as f:
         rows = csv.reader(f, delimiter="\t")
         next(rows, None)
         for lineno, row in enumerate(rows, start=2):
@@ -173,7 +173,7 @@ def load_mmrec(path: str | Path, name: str | None = None, modalities: list[str] 
 def read_user_items_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Parse a ``user item item ...`` file (one user per line, 0-based ids)."""
     users, items = [], []
-    with _open_text(path) as f:
+    with open_text(path) as f:
         try:
             for lineno, line in enumerate(f, start=1):
                 tokens = line.split()

@@ -19,7 +19,7 @@ import numpy as np
 from recgoat.data.dataset import RecDataset
 from recgoat.data.errors import DataError
 from recgoat.data.features import find_feature_files, load_item_features, load_user_features
-from recgoat.data.mmrec import _open_text
+from recgoat.data.mmrec import open_text
 from recgoat.data.splitting import TEST, TRAIN, VALID, assemble_splits, kcore_filter, split_per_user
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def read_interactions(path: Path, columns: dict, delimiter: str | None) -> dict[
         return _read_parquet(path, wanted)
     delim = delimiter or ("\t" if path.suffix.lower() in (".tsv", ".tab", ".inter") else ",")
     out: dict[str, list] = {k: [] for k in (*wanted, "line")}
-    with _open_text(path) as f:
+    with open_text(path) as f:
         reader = csv.reader(f, delimiter=delim)
         header = next(reader, None)
         if header is None:
@@ -182,9 +182,7 @@ def load_csv(path: str | Path, *, columns: dict, delimiter: str | None, min_rati
     raw_items = [raw_items[k] for k in first]
     times = times[first] if times is not None else None
     if user_k or item_k:
-        users0, _ = _sorted_ids(raw_users)
-        items0, _ = _sorted_ids(raw_items)
-        core = kcore_filter(users0, items0, user_k, item_k)
+        core = kcore_filter(np.asarray(raw_users), np.asarray(raw_items), user_k, item_k)  # any id type
         if not core.any():
             raise DataError(f"{path}: nothing survives the {user_k}/{item_k}-core filter (dataset.user_k, item_k)")
         raw_users = [u for u, c in zip(raw_users, core, strict=True) if c]

@@ -113,9 +113,9 @@ def table_items(path: str | Path, id_column: str, text_columns: list[str], image
     if table.suffix.lower() in (".jsonl", ".ndjson"):
         rows = _jsonl_rows(table)
     else:
-        from recgoat.data.mmrec import _open_text
+        from recgoat.data.mmrec import open_text
         delim = delimiter or ("\t" if table.suffix.lower() in (".tsv", ".tab") else ",")
-        reader = csv.DictReader(_open_text(table), delimiter=delim)
+        reader = csv.DictReader(open_text(table), delimiter=delim)
         header = reader.fieldnames or []
         missing = [c for c in wanted if c not in header]
         if missing:
