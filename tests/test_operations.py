@@ -119,6 +119,43 @@ def test_the_readmes_resume_command_after_a_kill_equals_the_uninterrupted_run_in
         assert any("resume=" in p.read_text() for p in (run_dir / ".hydra").glob("*/overrides.yaml"))
 
 
+# The worst moment for a kill: Lightning has checkpointed epoch 2 at the end of its validation, and logs the
+# epoch's training rows only after the epoch-end hooks. The child kills itself in the last of those hooks.
+KILL_AFTER_VALIDATION_CHECKPOINT = """
+import os, signal, sys
+from recgoat.run import main
+from recgoat.training.persist import ModelCheckpoint
+hook = ModelCheckpoint.on_train_epoch_end
+def on_train_epoch_end(self, trainer, pl_module):
+    hook(self, trainer, pl_module)
+    if trainer.current_epoch == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+ModelCheckpoint.on_train_epoch_end = on_train_epoch_end
+sys.argv = ["recgoat.run", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_kill_between_an_epochs_checkpoint_and_its_training_rows_resumes_to_the_uninterrupted_run(tmp_path):
+    full = run_in_process(RESUME_ARGS, tmp_path / "full")
+    run_dir = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_VALIDATION_CHECKPOINT, *RESUME_ARGS,
+                           f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    # epoch 2 is validated but its training rows are not on disk: the resume point is still epoch 1
+    assert metric_epochs(run_dir, "valid/recall@20") == [0, 1, 2]
+    assert metric_epochs(run_dir, "train/loss") == [0, 1]
+    assert _last_epoch(run_dir / "checkpoints" / "last.ckpt") == 1
+    run_cli(readme_resume_args(run_dir), cwd=tmp_path)
+    resumed = load_results(run_dir)
+    for key in ("best_epoch", "valid", "test", "valid_history"):
+        assert json.dumps(resumed[key]) == json.dumps(full[key]), key
+    assert metric_epochs(run_dir, "train/loss") == metric_epochs(run_dir, "valid/recall@20") == list(range(EPOCHS))
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        f"best-epoch{full['best_epoch']:04d}.ckpt", "last.ckpt"]
+
+
 def test_hydra_records_a_command_beside_an_existing_record_never_over_it(tmp_path):
     assert hydra_subdir(str(tmp_path)) == ".hydra"
     (tmp_path / ".hydra").mkdir()

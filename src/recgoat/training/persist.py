@@ -19,16 +19,31 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     - ``last.ckpt`` is written after every validation (Lightning writes it only when a top-k checkpoint was
       saved in the same step), so a killed run loses at most the epoch in flight;
     - every checkpoint is written to a temporary file and renamed, so a kill never leaves a truncated one;
-    - the loggers are flushed first, so ``metrics.csv`` on disk holds every epoch a checkpoint holds;
+    - the loggers are flushed first, so ``metrics.csv`` on disk holds every epoch a checkpoint holds; the
+      epoch's training rows are logged by Lightning only after its validation, so ``last.ckpt`` is renamed
+      into place once they are flushed too (at the next epoch's start, or the end of training): a run killed
+      in between resumes from the epoch before and runs that epoch again;
     - a run folder that was moved or copied keeps its best score and checkpoint paths (Lightning drops them
       when the folder changed, and would then report a wrong best epoch and write ``last-v1.ckpt``).
     """
 
     _last_saved_step_of_last: int | None = None
+    _pending_last: tuple[str, str] | None = None  # (written, final path) of a last.ckpt not yet in place
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for logger in trainer.loggers:  # the previous epoch's training rows, logged after its checkpoint
+        self._promote_last(trainer)  # the previous epoch's training rows, logged after its checkpoint
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._promote_last(trainer)
+
+    def _promote_last(self, trainer: pl.Trainer) -> None:
+        for logger in trainer.loggers:
             logger.save()
+        if self._pending_last is not None:
+            if trainer.is_global_zero:
+                os.replace(*self._pending_last)
+            self._pending_last = None
 
     # Lightning saves either at the end of validation or at the end of the training epoch (its choice, see
     # ``_should_save_on_train_epoch_end``); at the same moment, last.ckpt is written if Lightning did not
@@ -56,7 +71,9 @@ class ModelCheckpoint(_LightningModelCheckpoint):
             logger.save()
         tmp = f"{filepath}.tmp"
         trainer.save_checkpoint(tmp, self.save_weights_only)
-        if trainer.is_global_zero:
+        if filepath == self.last_model_path:
+            self._pending_last = (tmp, filepath)
+        elif trainer.is_global_zero:
             os.replace(tmp, filepath)
         trainer.strategy.barrier("recgoat_checkpoint_renamed")
         self._last_global_step_saved = trainer.global_step
