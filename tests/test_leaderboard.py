@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from omegaconf import OmegaConf
 
 from recgoat.leaderboard import LeaderboardError, SpaceError, load_space
 from recgoat.leaderboard.__main__ import dataset_key_overrides, leaderboard
+from recgoat.leaderboard.search import default_values
 from recgoat.leaderboard.space import as_overrides
 from recgoat.training.module import RecModule
 from recgoat.utils.config import compose
@@ -227,6 +229,25 @@ def test_every_shipped_space_composes_into_a_run_config_the_model_accepts():
         check_targets(run_cfg)  # every tuned key is a key the model's components take
         for key, value in mid.items():
             assert OmegaConf.select(run_cfg, key) == value, (name, key)
+        # defaults_first: the model's own config lies inside its space (a trial the space could ask)
+        plan = SimpleNamespace(common=())
+        defaults = default_values(plan, space)
+        assert defaults == {k: OmegaConf.select(compose(space.run), k) for k in space.params}, name
+
+
+def test_the_first_trial_is_the_models_default_and_a_default_outside_the_space_is_named(tmp_path):
+    out = tmp_path / "lb"
+    board(out, "models=[lightgcn]", "trials=2", "seeds=1", TINY_RUN, "budget.max_epochs=2")
+    first, second = trials_of(out, "lightgcn")
+    assert first.params == {"optimizer.lr": 1.0e-3, "model.reg_weight": 1.0e-4, "model.n_layers": 3}
+    assert second.params != first.params
+    space = tmp_path / "space"
+    space.mkdir()
+    (space / "lightgcn.yaml").write_text("run: [model=lightgcn]\nparams:\n  model.n_layers: {type: int, low: 1, "
+                                         "high: 2}\n")
+    with pytest.raises(LeaderboardError, match=r"lightgcn.yaml: lightgcn's config sets model.n_layers=3, outside "
+                                               r"its search space"):
+        board(tmp_path / "lb2", "models=[lightgcn]", "trials=1", "seeds=1", TINY_RUN, f"space_dir={space}")
 
 
 def test_models_in_parallel_processes_give_the_sequential_leaderboard(tmp_path):

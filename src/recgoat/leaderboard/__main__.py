@@ -33,7 +33,7 @@ log = logging.getLogger("recgoat.leaderboard")
 
 # what every run of one leaderboard folder shares; a restart that changes one of these is refused
 SHARED = ("dataset", "data_fingerprint", "code_hash", "budget_overrides", "run", "monitor", "search_seed",
-          "sampler", "sampler_seed")
+          "sampler", "sampler_seed", "defaults_first")
 
 
 @contextlib.contextmanager
@@ -124,13 +124,15 @@ def leaderboard(cfg: DictConfig, dataset: str, dataset_overrides: list[str] = ()
                     "code_hash": code["code_hash"], "code": code, "budget_overrides": budget, "run": run,
                     "monitor": cfg.monitor, "search_seed": cfg.search_seed,
                     "sampler": OmegaConf.to_container(cfg.sampler), "sampler_seed": cfg.sampler_seed,
-                    "trials": cfg.trials, "seeds": cfg.seeds, "models": list(cfg.models)}
+                    "defaults_first": cfg.defaults_first, "trials": cfg.trials, "seeds": cfg.seeds,
+                    "models": list(cfg.models)}
         check_manifest(out, manifest)
         copy_spaces(out, spaces)
         cores = os.cpu_count() or 1
         plan = Plan(out_dir=out, dataset=dataset, common=(f"dataset={dataset}", *budget, *run),
                     monitor=cfg.monitor, trials=cfg.trials, seeds=cfg.seeds, search_seed=cfg.search_seed,
                     sampler=manifest["sampler"], sampler_seed=cfg.sampler_seed, keep_checkpoints=cfg.keep_checkpoints,
+                    defaults_first=cfg.defaults_first,
                     jobs=cfg.jobs, threads=cfg.threads_per_job or (max(1, cores // cfg.jobs) if cfg.jobs > 1 else None),
                     code_hash=code["code_hash"], data_fingerprint=manifest["data_fingerprint"],
                     total_runs={s.name: cfg.trials + cfg.seeds for s in spaces})

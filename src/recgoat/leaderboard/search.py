@@ -48,6 +48,7 @@ class Plan:
     sampler: dict                    # a partial _target_ node, given seed=
     sampler_seed: int
     keep_checkpoints: bool
+    defaults_first: bool             # trial 0 of every model: its config's own values of the space's parameters
     jobs: int
     threads: int | None
     code_hash: str
@@ -101,6 +102,24 @@ def recover_killed(plan: Plan, study, space: Space) -> None:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(trial_dir(plan, space, t.number))
         log.info("%s: trial %d was killed with the last command; asked again", space.name, t.number)
+
+
+def default_values(plan: Plan, space: Space) -> dict:
+    """The values the model's config gives the space's parameters (its first trial with ``defaults_first``)."""
+    from omegaconf import OmegaConf
+
+    from recgoat.utils.config import compose
+    cfg = compose([*space.run, *plan.common])
+    values = {}
+    for key, spec in space.params.items():
+        value = OmegaConf.select(cfg, key, throw_on_missing=True)
+        inside = (value in spec["choices"] if spec["type"] == "categorical"
+                  else value is not None and float(spec["low"]) <= value <= float(spec["high"]))
+        if not inside:
+            raise LeaderboardError(f"{space.path}: {space.name}'s config sets {key}={value!r}, outside its search "
+                                   f"space {spec}; widen the space or set defaults_first=false")
+        values[key] = value
+    return values
 
 
 def trial_dir(plan: Plan, space: Space, number: int) -> Path:
@@ -210,6 +229,10 @@ def run_model(plan: Plan, space: Space) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # SQLite schema set-up, once per storage
     study = load_study(plan, space)
     recover_killed(plan, study, space)
+    if plan.defaults_first and not study.get_trials(deepcopy=False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.enqueue_trial(default_values(plan, space))
     while (n_done := len(counted_trials(study))) < plan.trials:
         # a fresh sampler seeded by the number of completed trials: the same history asks the same next trial
         study.sampler = instantiate(OmegaConf.create(plan.sampler))(seed=plan.sampler_seed + n_done)
