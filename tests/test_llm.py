@@ -106,3 +106,38 @@ def test_resume_after_a_killed_run_resends_nothing_cached(tmp_path):
     assert set(read_cache(cache)) == set(reqs)
     lines = cache.read_text().splitlines()
     assert len({json.loads(x)["key"] for x in lines if x.strip().endswith("}")}) == 20
+
+
+def test_a_cached_response_is_reused_only_for_the_same_request(tmp_path):
+    cache = tmp_path / "c.jsonl"
+    with FakeLLM(lambda k, a: (200, answer_body(f"first {k}"))) as server:
+        generate(ChatClient(server.base_url, "m", api_key_env=None), requests_for(3), cache, progress=False)
+    with FakeLLM(lambda k, a: (200, answer_body(f"second {k}"))) as server:
+        same, _ = generate(ChatClient(server.base_url, "m", api_key_env=None), requests_for(3), cache,
+                           progress=False)
+        assert server.attempts == {}                                   # all three served from the cache
+        other_model, _ = generate(ChatClient(server.base_url, "m2", api_key_env=None), requests_for(3), cache,
+                                  progress=False)
+        changed = requests_for(3)
+        changed["u1"] = [{"role": "user", "content": "another history ... KEY=u1"}]
+        changed_prompt, _ = generate(ChatClient(server.base_url, "m2", api_key_env=None), changed, cache,
+                                     progress=False)
+    assert {parse_answer(r) for r in same.values()} == {"first u0", "first u1", "first u2"}
+    assert {parse_answer(r) for r in other_model.values()} == {"second u0", "second u1", "second u2"}
+    assert server.attempts == {"u0": 1, "u1": 2, "u2": 1}    # m2 once each, then only the changed prompt
+    assert {k: parse_answer(r) for k, r in changed_prompt.items() if k != "u1"} == {"u0": "second u0",
+                                                                                   "u2": "second u2"}
+
+
+def test_the_llama_cpp_server_config_sets_every_argument_and_nothing_else():
+    import inspect
+
+    from recgoat.features.server import LlamaCppServer
+    from recgoat.utils.config import check_targets, compose
+    cfg = compose(["features=ml100k", "profile=llm", "llm_server=llama_cpp"], config_name="features")
+    check_targets(cfg)                                                   # no unknown key
+    params = inspect.signature(LlamaCppServer).parameters
+    assert all(p.default is inspect.Parameter.empty for p in params.values())  # the yaml is the only source
+    assert set(params) == set(cfg.llm_server) - {"_target_"}
+    assert cfg.llm_server.host == "127.0.0.1" and cfg.features.prompt_fields == ["title", "genres", "year"]
+    assert compose(["features=ml100k"], config_name="features").get("llm_server") is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import ExitStack
 
 import hydra
 from hydra.utils import instantiate
@@ -29,10 +30,16 @@ def main(cfg: DictConfig) -> dict:
     metadata = instantiate(cfg.features.source)
     text = instantiate(cfg.text_encoder) if cfg.text_encoder else None
     image = instantiate(cfg.image_encoder) if cfg.image_encoder and cfg.features.images else None
-    client = instantiate(cfg.llm) if cfg.profile == "llm" else None
-    summary = build_features(dataset, metadata, cfg.out_dir, list(cfg.features.text_fields), text_encoder=text,
-                             image_encoder=image, profile=cfg.profile, max_history=cfg.max_history,
-                             llm_client=client, llm_concurrency=cfg.llm_concurrency, force=cfg.force)
+    with ExitStack() as stack:
+        client = None
+        if cfg.profile == "llm":
+            server = stack.enter_context(instantiate(cfg.llm_server)) if cfg.get("llm_server") else None
+            client = (instantiate(cfg.llm) if server is None else
+                      instantiate(cfg.llm, base_url=server.base_url, model=server.model_name))
+        summary = build_features(dataset, metadata, cfg.out_dir, list(cfg.features.text_fields),
+                                 text_encoder=text, image_encoder=image, profile=cfg.profile,
+                                 max_history=cfg.max_history, prompt_fields=list(cfg.features.prompt_fields),
+                                 llm_client=client, llm_concurrency=cfg.llm_concurrency, force=cfg.force)
     summary["wall_s"] = time.perf_counter() - t0
     log.info("features for %s:\n%s", dataset.name, json.dumps(summary, indent=2, default=str))
     return summary

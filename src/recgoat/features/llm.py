@@ -3,10 +3,12 @@
 Requests run concurrently with a hard bound; 429, 5xx, timeouts and connection errors are
 retried with exponential backoff (``Retry-After`` honoured); every successful response is
 appended to a JSONL cache at once (flushed and fsynced), so an interrupted run resumes where it
-stopped and nothing already paid for is requested again.
+stopped and nothing already paid for is requested again. A cached response is reused only for the
+same request (model, messages and generation settings: ``request_sha256``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -65,10 +67,20 @@ class ChatClient:
         except urllib.error.HTTPError as e:
             return e.code, e.read(), dict(e.headers or {})
 
+    def request(self, messages: list[dict]) -> bytes:
+        return json.dumps({"model": self.model, "messages": messages, "temperature": self.temperature,
+                           "max_tokens": self.max_tokens}, sort_keys=True).encode()
+
+    def request_sha256(self, messages: list[dict]) -> str:
+        return hashlib.sha256(self.request(messages)).hexdigest()  # not the URL: a local server's port varies
+
     def complete(self, messages: list[dict]) -> str:
         """The assistant message's content; raises :class:`LLMError` when it cannot be had."""
-        payload = json.dumps({"model": self.model, "messages": messages, "temperature": self.temperature,
-                              "max_tokens": self.max_tokens}).encode()
+        return self.complete_with_usage(messages)[0]
+
+    def complete_with_usage(self, messages: list[dict]) -> tuple[str, dict]:
+        """The content and the response's ``usage`` (token counts; ``{}`` when the server sends none)."""
+        payload = self.request(messages)
         last = ""
         for attempt in range(self.max_retries + 1):
             try:
@@ -77,7 +89,8 @@ class ChatClient:
                 status, body, headers, last = None, b"", {}, f"{type(e).__name__}: {getattr(e, 'reason', e)}"
             if status is not None and 200 <= status < 300:
                 try:
-                    return json.loads(body)["choices"][0]["message"]["content"]
+                    answer = json.loads(body)
+                    return answer["choices"][0]["message"]["content"], dict(answer.get("usage") or {})
                 except (ValueError, KeyError, IndexError, TypeError) as e:
                     raise LLMError(f"{self.url}: malformed response ({type(e).__name__}): {body[:200]!r}") from None
             if status is not None:
@@ -94,7 +107,7 @@ class ChatClient:
 
 
 def read_cache(path: Path) -> dict[str, dict]:
-    """Cached responses by key; a truncated last line (a killed run) is ignored."""
+    """Cached responses by key (the last line of a key wins); a truncated last line (a killed run) is ignored."""
     out: dict[str, dict] = {}
     if not Path(path).exists():
         return out
@@ -109,6 +122,12 @@ def read_cache(path: Path) -> dict[str, dict]:
     return out
 
 
+def _timed(client: ChatClient, messages: list[dict]) -> tuple[str, dict, float]:
+    t0 = time.perf_counter()
+    text, usage = client.complete_with_usage(messages)
+    return text, usage, time.perf_counter() - t0
+
+
 def generate(client: ChatClient, requests: dict[str, list[dict]], cache_path: str | Path, concurrency: int = 4,
              progress: bool = True) -> tuple[dict[str, str], dict[str, str]]:
     """Complete every request not already in the cache; returns (responses by key, errors by key).
@@ -119,24 +138,27 @@ def generate(client: ChatClient, requests: dict[str, list[dict]], cache_path: st
     cache_path = Path(cache_path)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     cached = read_cache(cache_path)
-    responses = {k: cached[k]["response"] for k in requests if k in cached}
-    pending = [k for k in requests if k not in cached]
+    request_sha = {k: client.request_sha256(m) for k, m in requests.items()}
+    responses = {k: cached[k]["response"] for k in requests
+                 if k in cached and cached[k].get("request_sha256") == request_sha[k]}
+    pending = [k for k in requests if k not in responses]
     errors: dict[str, str] = {}
     lock = threading.Lock()
     if pending:
         log.info("LLM: %d cached, %d to request from %s (concurrency %d)", len(responses), len(pending),
                  client.url, concurrency)
     with open(cache_path, "a", encoding="utf-8") as sink, ThreadPoolExecutor(max_workers=concurrency) as pool:
-        futures = {pool.submit(client.complete, requests[k]): k for k in pending}
+        futures = {pool.submit(_timed, client, requests[k]): k for k in pending}
         for fut in tqdm(as_completed(futures), total=len(futures), desc="LLM profiles", disable=not progress):
             key = futures[fut]
             try:
-                text = fut.result()
+                text, usage, seconds = fut.result()
             except LLMError as e:
                 errors[key] = str(e)
                 continue
             with lock:
-                sink.write(json.dumps({"key": key, "model": client.model, "response": text}) + "\n")
+                sink.write(json.dumps({"key": key, "model": client.model, "request_sha256": request_sha[key],
+                                       "response": text, "usage": usage, "seconds": round(seconds, 3)}) + "\n")
                 sink.flush()
                 os.fsync(sink.fileno())
             responses[key] = text

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from recgoat.data import RecDataset
 from recgoat.features import profiles as prof
-from recgoat.features.llm import generate
+from recgoat.features.llm import generate, read_cache
 from recgoat.features.provenance import digest, is_up_to_date, write_features
 from recgoat.features.sources import item_text
 
@@ -24,11 +24,13 @@ def _file_digest(path: Path | None) -> str:
 
 def build_features(dataset: RecDataset, metadata: dict, out_dir: str | Path, text_fields: list[str],
                    text_encoder=None, image_encoder=None, profile: str = "template", max_history: int = 50,
-                   llm_client=None, llm_concurrency: int = 4, force: bool = False) -> dict:
+                   prompt_fields: list[str] | None = None, llm_client=None, llm_concurrency: int = 4,
+                   force: bool = False) -> dict:
     """Write ``text_feat.npy``, ``image_feat.npy`` and ``user_pref_feat.npy`` (+ sidecars) to ``out_dir``.
 
     ``metadata`` maps raw item ids to their fields (see :mod:`recgoat.features.sources`); rows
-    follow ``dataset.item_ids`` / ``dataset.user_ids``. Each file is skipped when its sidecar says
+    follow ``dataset.item_ids`` / ``dataset.user_ids``. ``prompt_fields`` describe an item in the LLM
+    prompt (``None``: the ``text_fields``). Each file is skipped when its sidecar says
     it was built from the same inputs by the same encoder. Returns a summary with timings.
     """
     out = Path(out_dir)
@@ -79,8 +81,9 @@ def build_features(dataset: RecDataset, metadata: dict, out_dir: str | Path, tex
             summary["image"] = "up to date"
 
     if profile != "none" and text_encoder is not None:
-        summary["profiles"] = _user_profiles(dataset, metas, texts, out, text_encoder, profile, max_history,
-                                             llm_client, llm_concurrency, force)
+        prompt_texts = texts if prompt_fields is None else [item_text(m, prompt_fields)[0] for m in metas]
+        summary["profiles"] = _user_profiles(dataset, metas, prompt_texts, out, text_encoder, profile,
+                                             max_history, llm_client, llm_concurrency, force)
     return summary
 
 
@@ -97,6 +100,19 @@ def _key(raw_id, metadata: dict):
         return raw_id
 
 
+def llm_usage(cache_path: Path, requests: dict, client, wall_s: float) -> dict:
+    """Token counts and request times of the cached responses to ``requests`` (this run's and earlier ones)."""
+    cached = read_cache(cache_path)
+    records = [cached[k] for k, m in requests.items()
+               if k in cached and cached[k].get("request_sha256") == client.request_sha256(m)]
+    prompt = sum(r.get("usage", {}).get("prompt_tokens", 0) for r in records)
+    completion = sum(r.get("usage", {}).get("completion_tokens", 0) for r in records)
+    seconds = sum(r.get("seconds", 0.0) for r in records)
+    return {"responses": len(records), "prompt_tokens": prompt, "completion_tokens": completion,
+            "request_seconds": round(seconds, 1), "wall_s_this_run": round(wall_s, 1),
+            "completion_tokens_per_request_second": round(completion / seconds, 1) if seconds else None}
+
+
 def _user_profiles(dataset, metas, texts, out, text_encoder, mode, max_history, client, concurrency, force) -> dict:
     histories = prof.training_histories(dataset, max_history)
     titles = [(m or {}).get("title") or "" for m in metas]
@@ -111,7 +127,9 @@ def _user_profiles(dataset, metas, texts, out, text_encoder, mode, max_history, 
             raise ValueError("profile=llm needs an endpoint: set features.llm.base_url and features.llm.model")
         requests = {str(u): prof.chat_messages(h, dataset.item_ids, texts)
                     for u, h in zip(dataset.user_ids, histories, strict=True)}
+        t0 = time.perf_counter()
         responses, errors = generate(client, requests, out / "user_pref_llm.jsonl", concurrency=concurrency)
+        stats["llm"] = llm_usage(out / "user_pref_llm.jsonl", requests, client, time.perf_counter() - t0)
         profile_texts, no_answer = [], []
         for u, template in zip(dataset.user_ids, templates, strict=True):
             answer = prof.parse_answer(responses.get(str(u), ""))
@@ -125,8 +143,10 @@ def _user_profiles(dataset, metas, texts, out, text_encoder, mode, max_history, 
         if errors:
             log.warning("%d LLM request(s) failed (first: %s); template profiles used for them; rerun to retry",
                         len(errors), next(iter(errors.values())))
+        stats["answered"] = dataset.n_users - stats["fallback_to_template"]
         source = {"profile": "llm", "model": client.model, "endpoint": client.url, "max_history": max_history,
-                  "prompt_sha256": digest([prof.SYSTEM_PROMPT, prof.USER_PROMPT]), "errors": errors,
+                  "prompt_sha256": digest([prof.SYSTEM_PROMPT, prof.USER_PROMPT]), "usage": stats["llm"],
+                  "answered": stats["answered"], "errors": errors,
                   "without_answer": no_answer}
     else:
         raise ValueError(f"profile must be 'template', 'llm' or 'none', got {mode!r}")
