@@ -107,6 +107,11 @@ def test_llm_profiles_see_training_items_only_and_fall_back_without_answer(tmp_p
         summary = build_features(small, meta, tmp_path / "f", text_fields=["title", "genres"],
                                  text_encoder=text_encoder, profile="llm", llm_client=client, llm_concurrency=3)
         prompts = [r["payload"]["messages"][-1]["content"] for r in server.requests]
+        (tmp_path / "g").mkdir()  # the same responses, the whole response for users without <answer>
+        (tmp_path / "g" / "user_pref_llm.jsonl").write_bytes((tmp_path / "f" / "user_pref_llm.jsonl").read_bytes())
+        raw = build_features(small, meta, tmp_path / "g", text_fields=["title", "genres"], text_encoder=text_encoder,
+                             profile="llm", llm_client=client, without_answer="response")
+        assert len(server.requests) == len(prompts)         # every response came from the cache
     seen = sorted(tuple(sorted(int(i) for i in re.findall(r"^- \[(\d+)\]", p, re.M))) for p in prompts)
     train = sorted(tuple(small.train[u].indices.tolist()) for u in range(small.n_users))
     assert seen == train                                  # each prompt is exactly one user's training items
@@ -116,7 +121,13 @@ def test_llm_profiles_see_training_items_only_and_fall_back_without_answer(tmp_p
     assert side["profile"] == "llm" and len(side["without_answer"]) == with_item0
     texts = (tmp_path / "f" / "user_profiles.txt").read_text().splitlines()
     assert sum(t == "prefers dramas" for t in texts) == small.n_users - with_item0
-    assert (tmp_path / "f" / "user_pref_llm.jsonl").exists()
+    assert summary["profiles"]["fallback_to_template"] == with_item0 == summary["profiles"]["llm"]["responses"] - (
+        summary["profiles"]["answered"])
+    raw_texts = (tmp_path / "g" / "user_profiles.txt").read_text().splitlines()
+    assert [r for r, t in zip(raw_texts, texts, strict=True) if r != t] == [
+        "<think>reasoning</think>no answer tag"] * with_item0
+    assert raw["profiles"]["fallback_to_template"] == 0 and raw["profiles"]["without_answer"] == with_item0
+    assert json.loads((tmp_path / "g" / "user_pref_feat.json").read_text())["without_answer_gets"] == "response"
 
 
 def test_ml100k_source_covers_every_movie():

@@ -39,7 +39,8 @@ def main(cfg: DictConfig) -> dict:
         summary = build_features(dataset, metadata, cfg.out_dir, list(cfg.features.text_fields),
                                  text_encoder=text, image_encoder=image, profile=cfg.profile,
                                  max_history=cfg.max_history, prompt_fields=list(cfg.features.prompt_fields),
-                                 llm_client=client, llm_concurrency=cfg.llm_concurrency, force=cfg.force)
+                                 llm_client=client, llm_concurrency=cfg.llm_concurrency,
+                                 without_answer=cfg.llm_without_answer, force=cfg.force)
     summary["wall_s"] = time.perf_counter() - t0
     log.info("features for %s:\n%s", dataset.name, json.dumps(summary, indent=2, default=str))
     return summary

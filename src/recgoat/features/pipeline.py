@@ -25,13 +25,15 @@ def _file_digest(path: Path | None) -> str:
 def build_features(dataset: RecDataset, metadata: dict, out_dir: str | Path, text_fields: list[str],
                    text_encoder=None, image_encoder=None, profile: str = "template", max_history: int = 50,
                    prompt_fields: list[str] | None = None, llm_client=None, llm_concurrency: int = 4,
-                   force: bool = False) -> dict:
+                   without_answer: str = "template", force: bool = False) -> dict:
     """Write ``text_feat.npy``, ``image_feat.npy`` and ``user_pref_feat.npy`` (+ sidecars) to ``out_dir``.
 
     ``metadata`` maps raw item ids to their fields (see :mod:`recgoat.features.sources`); rows
     follow ``dataset.item_ids`` / ``dataset.user_ids``. ``prompt_fields`` describe an item in the LLM
-    prompt (``None``: the ``text_fields``). Each file is skipped when its sidecar says
-    it was built from the same inputs by the same encoder. Returns a summary with timings.
+    prompt (``None``: the ``text_fields``); a user whose LLM response has no ``<answer>`` gets the
+    template profile (``without_answer="template"``) or the whole response (``"response"``). Each file is
+    skipped when its sidecar says it was built from the same inputs by the same encoder. Returns a summary
+    with timings.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,7 +85,7 @@ def build_features(dataset: RecDataset, metadata: dict, out_dir: str | Path, tex
     if profile != "none" and text_encoder is not None:
         prompt_texts = texts if prompt_fields is None else [item_text(m, prompt_fields)[0] for m in metas]
         summary["profiles"] = _user_profiles(dataset, metas, prompt_texts, out, text_encoder, profile,
-                                             max_history, llm_client, llm_concurrency, force)
+                                             max_history, llm_client, llm_concurrency, without_answer, force)
     return summary
 
 
@@ -113,7 +115,8 @@ def llm_usage(cache_path: Path, requests: dict, client, wall_s: float) -> dict:
             "completion_tokens_per_request_second": round(completion / seconds, 1) if seconds else None}
 
 
-def _user_profiles(dataset, metas, texts, out, text_encoder, mode, max_history, client, concurrency, force) -> dict:
+def _user_profiles(dataset, metas, texts, out, text_encoder, mode, max_history, client, concurrency, without_answer,
+                   force) -> dict:
     histories = prof.training_histories(dataset, max_history)
     titles = [(m or {}).get("title") or "" for m in metas]
     categories = [(m or {}).get("genres") or (m or {}).get("category") for m in metas]
@@ -123,6 +126,8 @@ def _user_profiles(dataset, metas, texts, out, text_encoder, mode, max_history, 
         profile_texts = templates
         source = {"profile": "template", "max_history": max_history}
     elif mode == "llm":
+        if without_answer not in ("template", "response"):
+            raise ValueError(f"llm_without_answer must be 'template' or 'response', got {without_answer!r}")
         if client is None:
             raise ValueError("profile=llm needs an endpoint: set features.llm.base_url and features.llm.model")
         requests = {str(u): prof.chat_messages(h, dataset.item_ids, texts)
@@ -132,21 +137,23 @@ def _user_profiles(dataset, metas, texts, out, text_encoder, mode, max_history, 
         stats["llm"] = llm_usage(out / "user_pref_llm.jsonl", requests, client, time.perf_counter() - t0)
         profile_texts, no_answer = [], []
         for u, template in zip(dataset.user_ids, templates, strict=True):
-            answer = prof.parse_answer(responses.get(str(u), ""))
+            response = responses.get(str(u), "")
+            answer = prof.parse_answer(response)
             if answer is None:
                 if str(u) in responses:
                     no_answer.append(str(u))
-                answer = template  # documented fallback: the user branch never gets an empty input
+                # the user branch never gets an empty input: a failed request always gets the template
+                answer = response.strip() if without_answer == "response" and response.strip() else template
             profile_texts.append(answer)
         stats.update({"requested_errors": len(errors), "without_answer": len(no_answer),
-                      "fallback_to_template": len(errors) + len(no_answer)})
+                      "answered": dataset.n_users - len(errors) - len(no_answer),
+                      "fallback_to_template": len(errors) + (len(no_answer) if without_answer == "template" else 0)})
         if errors:
             log.warning("%d LLM request(s) failed (first: %s); template profiles used for them; rerun to retry",
                         len(errors), next(iter(errors.values())))
-        stats["answered"] = dataset.n_users - stats["fallback_to_template"]
         source = {"profile": "llm", "model": client.model, "endpoint": client.url, "max_history": max_history,
                   "prompt_sha256": digest([prof.SYSTEM_PROMPT, prof.USER_PROMPT]), "usage": stats["llm"],
-                  "answered": stats["answered"], "errors": errors,
+                  "answered": stats["answered"], "without_answer_gets": without_answer, "errors": errors,
                   "without_answer": no_answer}
     else:
         raise ValueError(f"profile must be 'template', 'llm' or 'none', got {mode!r}")
