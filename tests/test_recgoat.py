@@ -305,7 +305,7 @@ def test_fusion_is_the_layer_normed_weighted_sum_unit_norm_only_when_asked(norma
     g = torch.Generator().manual_seed(3)
     parts = {"id": torch.randn(6, 8, generator=g), "text": 3 * torch.randn(6, 8, generator=g)}
     fusion = AdaptiveFusion(["id", "text"], 8, init={"id": 0.15, "text": 0.8}, dropout=0.1, normalize=normalize,
-                            layer_norm=layer_norm).eval()
+                            layer_norm=layer_norm, id_residual=False).eval()
     mixed = 0.15 * parts["id"] + 0.8 * parts["text"]
     expected = mixed
     if layer_norm:
@@ -314,6 +314,44 @@ def test_fusion_is_the_layer_normed_weighted_sum_unit_norm_only_when_asked(norma
     if normalize:
         expected = expected / expected.norm(dim=-1, keepdim=True)
     torch.testing.assert_close(fusion(parts), expected)
+
+
+def layer_norm_at_init(x):
+    centred = x - x.mean(-1, keepdim=True)
+    return centred / (centred.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()
+
+
+def test_id_residual_fusion_adds_the_id_part_after_layer_norm_and_dropout_of_the_modality_parts():
+    g = torch.Generator().manual_seed(4)
+    parts = {"text": 3 * torch.randn(6, 8, generator=g), "id": torch.randn(6, 8, generator=g),
+             "image": torch.randn(6, 8, generator=g)}
+    fusion = AdaptiveFusion(["text", "id", "image"], 8, init={"id": 1.0, "text": 0.8, "image": 0.1}, dropout=0.5,
+                            normalize=False, layer_norm=True, id_residual=True)
+    expected = parts["id"] + layer_norm_at_init(0.8 * parts["text"] + 0.1 * parts["image"])
+    torch.testing.assert_close(fusion.eval()(parts), expected)
+    # in training the dropout zeroes modality coordinates only: where it drops, the ID part is what is left
+    torch.manual_seed(0)
+    train_out = fusion.train()(parts)
+    dropped = (train_out - parts["id"]).abs() < 1e-7
+    assert 0 < dropped.sum() < dropped.numel()
+    torch.testing.assert_close(train_out[~dropped], (parts["id"] + 2 * (expected - parts["id"]))[~dropped])
+
+
+def test_propagated_users_are_fused_with_the_symmetrically_normalised_sum_of_their_items(tiny_synthetic, tmp_path):
+    plain = small_recgoat(tiny_synthetic, tmp_path, "model.fusion.id_residual=true").eval()
+    prop = small_recgoat(tiny_synthetic, tmp_path, "model.users=propagated", "model.fusion.id_residual=true").eval()
+    prop.load_state_dict(plain.state_dict())
+    train = tiny_synthetic.train.tocsr()
+    du, di = np.diff(train.indptr), np.bincount(train.indices, minlength=train.shape[1])
+    with torch.no_grad():
+        a, b = plain.representations(), prop.representations()
+        torch.testing.assert_close(b["item"], a["item"])
+        for u in (0, 7, 42):
+            items = train.indices[train.indptr[u]:train.indptr[u + 1]]
+            w = torch.as_tensor(1.0 / np.sqrt(du[u] * di[items]), dtype=torch.float32)[:, None]
+            parts = {"id": a["user"][u:u + 1],
+                     **{m: (w * z[torch.as_tensor(items)]).sum(0, keepdim=True) for m, z in a["aligned"].items()}}
+            torch.testing.assert_close(b["user"][u:u + 1], plain.fusion(parts), atol=1e-5, rtol=1e-5)
 
 
 def test_unknown_user_fusion_is_an_error(tiny_synthetic, tmp_path):

@@ -6,7 +6,8 @@ See ../shared/docs/method.md. Data flow of one forward pass (all users and items
     E_u, E_i ------------------------------------+--> id_encoder(G_ui) --> z_u, z^id_i
     x^m --item_encoder(G_ii^m)--> z^m_i --OAT map (d T* + Delta^m)--> z~^m_i
     z_i = fusion(z^id_i, z~^m_i) = normalize(dropout(LayerNorm(w_id z^id_i + sum_m w_m z~^m_i)))
-    score = <z_u, z_i>    (users=fused: z_u = fusion(z_u, mean of the user's items' z~^m))
+    score = <z_u, z_i>    (users=fused: z_u = fusion(z_u, mean of the user's items' z~^m);
+                           users=propagated: z_u = fusion(z_u, R^ z~^m), R^ = D_u^-1/2 R D_i^-1/2 as in MGCN)
 
     loss = BPR + reg * EmbLoss(ego) + lambda_cl * CMCL(z~^m, z) + lambda_ot * sum_m S_eps(z~^m, z^id)
 """
@@ -42,7 +43,7 @@ from recgoat.nn import (
 
 log = logging.getLogger(__name__)
 
-USER_FUSIONS = ("id", "fused")
+USER_FUSIONS = ("id", "fused", "propagated")
 
 
 def knn_graph(x: np.ndarray, k: int, cache_dir, builder: str) -> DeviceCSR:
@@ -75,7 +76,9 @@ class RecGOAT(Recommender):
         oat_w1: the Sinkhorn-divergence term (:class:`SinkhornW1`), or ``None``.
         fusion: ``(names, dim) -> AdaptiveFusion`` of the ID and aligned modality item representations.
         users: ``id``: the final user is the ID branch's output (method.md); ``fused``: users are fused
-            like items, from their ID output and the mean of their training items' aligned modalities.
+            like items, from their ID output and the mean of their training items' aligned modalities;
+            ``propagated``: the same with the symmetrically normalised aggregate ``R^ z~^m`` of the user's
+            items (MGCN's user side of its item-item views; design option).
     """
 
     def __init__(self, dataset: RecDataset, *, embedding_dim: int, reg_weight: float, modalities: list[str] | None,
@@ -129,6 +132,9 @@ class RecGOAT(Recommender):
         self.user_fusion = users
         if users == "fused":
             self.user_items = SparseOperator(row_mean(dataset.train))
+        elif users == "propagated":
+            r_hat = normalized_bipartite_adjacency(dataset.train)[: self.n_users, self.n_users:]
+            self.user_items = SparseOperator(r_hat)
 
     # ---- representations ------------------------------------------------------------------
     def _graph(self, name: str) -> DeviceCSR | None:
@@ -156,7 +162,7 @@ class RecGOAT(Recommender):
             with record_function("recgoat.oat_map"):
                 aligned = {m: self.oat_map[m](aligned[m], item_id) for m in self.modalities}
         item = self.fusion({"id": item_id, **aligned})
-        if self.user_fusion == "fused":
+        if self.user_fusion != "id":
             users = self.fusion({"id": users, **{m: self.user_items(aligned[m]) for m in self.modalities}})
         return {"user": users, "item": item, "item_id": item_id, "aligned": aligned}
 

@@ -9,7 +9,11 @@ from torch import Tensor, nn
 class AdaptiveFusion(nn.Module):
     r"""``z_i = normalize(dropout(LayerNorm(w_id z^id_i + sum_m w_m z~^m_i)))`` with learned,
     unconstrained scalar weights (initialised from ``init``; the authors start at id 0.15,
-    image 0.05, text 0.8).
+    image 0.05, text 0.8). With ``id_residual`` the ID part bypasses LayerNorm and dropout:
+
+    .. math::
+        z_i = \mathrm{normalize}\big(w_{id} z^{id}_i + \mathrm{dropout}(\mathrm{LayerNorm}(\textstyle\sum_m w_m
+        \tilde z^m_i))\big)
 
     Args:
         names: ``["id", <modality>, ...]`` in the order the inputs are given.
@@ -23,10 +27,16 @@ class AdaptiveFusion(nn.Module):
         layer_norm: the LayerNorm of method.md (default). LayerNorm rescales every item to the same norm
             (``sqrt(d)`` times its gain), so with ``normalize=False`` the item norm still carries no popularity;
             ``False`` leaves the weighted sum as it is (design option).
+        id_residual: add the ID part after LayerNorm and dropout, which then act on the modality parts only
+            (design option). The ID branch's output, and with it LightGCN's item norm (popularity), reaches the
+            score unchanged, as in MGCN and FREEDOM, whose final item is the ID embedding plus a modality part.
+
+    Shapes:
+        input: ``{name: [n, d]}`` for every name; output ``[n, d]``.
     """
 
     def __init__(self, names: list[str], dim: int, init: dict[str, float], default_init: float = 0.5, *,
-                 dropout: float, normalize: bool, layer_norm: bool = True):
+                 dropout: float, normalize: bool, layer_norm: bool, id_residual: bool):
         super().__init__()
         init = dict(init)
         self.names = list(names)
@@ -34,16 +44,23 @@ class AdaptiveFusion(nn.Module):
         self.norm = nn.LayerNorm(dim) if layer_norm else nn.Identity()
         self.dropout = dropout
         self.normalize = normalize
+        self.id_residual = id_residual
 
     def forward(self, parts: dict[str, Tensor]) -> Tensor:
         # parts: {name: [n, d]} -> [n, d]
         stacked = torch.stack([parts[n] for n in self.names])            # [M+1, n, d]
-        mixed = (self.weights[:, None, None] * stacked).sum(0)
-        fused = F.dropout(self.norm(mixed), self.dropout, self.training)
+        weighted = self.weights[:, None, None] * stacked
+        if self.id_residual:
+            id_at = self.names.index("id")
+            modal = torch.cat([weighted[:id_at], weighted[id_at + 1:]]).sum(0)
+            fused = weighted[id_at] + F.dropout(self.norm(modal), self.dropout, self.training)
+        else:
+            fused = F.dropout(self.norm(weighted.sum(0)), self.dropout, self.training)
         return F.normalize(fused, dim=-1) if self.normalize else fused
 
     def weight_dict(self) -> dict[str, float]:
         return {n: float(w) for n, w in zip(self.names, self.weights.detach().cpu(), strict=True)}
 
     def extra_repr(self) -> str:
-        return f"names={self.names}, dropout={self.dropout}, normalize={self.normalize}"
+        return (f"names={self.names}, dropout={self.dropout}, normalize={self.normalize}, "
+                f"id_residual={self.id_residual}")
