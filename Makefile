@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # CPU wheel by default; GPU users: make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install run test test-fast test-dgl bench lint clean
+.PHONY: install run test test-fast test-dgl bench bench-scale lint clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test-dgl:
 
 bench:
 	$(BIN)/python benchmarks/bench.py
+
+# cost vs size (Baby, Sports, Electronics statistics) for LightGCN and RecGOAT: table, log-log plot (logs/bench/)
+SCALE_ARGS ?=
+bench-scale:
+	$(BIN)/python benchmarks/scale.py $(SCALE_ARGS)
 
 lint:
 	$(BIN)/ruff check src tests benchmarks

@@ -17,7 +17,7 @@ from torch_geometric.utils import scatter
 from recgoat.data import DataError, RecDataset
 from recgoat.graphs import DeviceCSR, bipartite_adjacency
 from recgoat.graphs.cache import cached_sparse
-from recgoat.graphs.knn import cosine_topk, edge_index, knn_adjacency
+from recgoat.graphs.knn import IVFKNN, ExactKNN, cosine_topk, edge_index, knn_adjacency, knn_recall
 from recgoat.models import RecGOAT
 from recgoat.nn import (
     AdaptiveFusion,
@@ -86,6 +86,50 @@ def test_graph_cache_is_keyed_by_feature_bytes(tmp_path):
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])          # a truncated zip (a killed write)
     a5 = cached_sparse(tmp_path, "knn", 1, {"f": x}, {"k": 3}, lambda: build(x))
     assert len(calls) == 5 and (a5 != a1).nnz == 0
+
+
+def clustered(n, d, clusters, seed, noise=0.5):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, d))
+    return (centres[rng.integers(clusters, size=n)] + noise * rng.normal(size=(n, d))).astype(np.float32)
+
+
+def test_ivf_knn_is_exact_when_every_cell_is_searched_and_close_when_few_are():
+    pytest.importorskip("faiss", reason="the approximate kNN builder needs the knn extra (faiss-cpu)")
+    x = clustered(3000, 32, 40, seed=5, noise=1.5)
+    exact = cosine_topk(x, 10)
+    everything = IVFKNN(nlist=16, nprobe=16, seed=0, train_rows=100_000, niter=10, chunk=512).topk(x, 10)
+    # exhaustive: the same neighbours, up to float near-ties (faiss and torch sum in different orders)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = lambda nbrs: np.einsum("nd,nkd->nk", xn, xn[nbrs])  # noqa: E731
+    np.testing.assert_allclose(sims(everything), sims(exact), atol=1e-5)
+    assert (everything == exact).mean() > 0.999
+    approximate = IVFKNN(nlist=48, nprobe=8, seed=0, train_rows=3000, niter=10, chunk=700)
+    few = approximate.topk(x, 10)
+    recall = knn_recall(few, exact)
+    assert 0.8 < recall < 1.0                                # approximate, and measurably so
+    assert not (few == np.arange(3000)[:, None]).any()       # a row is never its own neighbour
+    np.testing.assert_array_equal(few, approximate.topk(x, 10))   # deterministic
+    assert knn_recall(exact, exact) == 1.0 and knn_recall(exact[:, ::-1], exact) == 1.0
+
+
+def test_ivf_knn_falls_back_to_exact_rows_when_its_probed_cells_are_too_small():
+    pytest.importorskip("faiss", reason="the approximate kNN builder needs the knn extra (faiss-cpu)")
+    x = clustered(200, 8, 50, seed=6)                        # 50 tight clusters of about 4: one cell holds < k rows
+    got = IVFKNN(nlist=50, nprobe=1, seed=0, train_rows=10_000, niter=10, chunk=64).topk(x, 12)
+    assert got.shape == (200, 12) and (got >= 0).all()
+    assert not (got == np.arange(200)[:, None]).any()
+    assert all(len(set(row)) == 12 for row in got)
+
+
+def test_the_knn_search_is_part_of_recgoats_graph_cache_key(tiny_synthetic, tmp_path):
+    pytest.importorskip("faiss", reason="the approximate kNN builder needs the knn extra (faiss-cpu)")
+    small_recgoat(tiny_synthetic, tmp_path)
+    exact_files = set((tmp_path / "graphs").glob("*.npz"))
+    assert len(exact_files) == 3                             # text, image, user
+    small_recgoat(tiny_synthetic, tmp_path, "model/knn_search=ivf")
+    assert len(set((tmp_path / "graphs").glob("*.npz")) - exact_files) == 3
+    assert ExactKNN(chunk=7, device="cpu").cache_params() == {}  # exact graphs cached before stay valid
 
 
 # ---- graph attention --------------------------------------------------------------------------

@@ -11,37 +11,145 @@ from recgoat.utils.ranking import topk_stable
 KNN_BUILDER_VERSION = 1  # bump when the construction changes: it is part of the cache key
 
 
-def cosine_topk(x: np.ndarray, k: int, chunk: int = 2048, exclude_self: bool = True) -> np.ndarray:
+def cosine_topk(x: np.ndarray, k: int, chunk: int = 2048, exclude_self: bool = True,
+                device: str = "cpu") -> np.ndarray:
     """Indices ``[n, k]`` of each row's ``k`` most cosine-similar rows.
 
-    Exact, computed in row chunks (memory ``chunk x n``), never the dense ``n x n`` matrix.
+    Exact, computed in row chunks (memory ``chunk x n``), never the dense ``n x n`` matrix, on ``device``.
     Ties are broken by lower index.
     """
     n = x.shape[0]
     if not 0 < k < n:
         raise ValueError(f"k must be in 1..{n - 1} for {n} rows, got {k}")
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
     xt = torch.nn.functional.normalize(xt, dim=1)
     out = np.empty((n, k), dtype=np.int64)
     for start in range(0, n, chunk):
         sim = xt[start:start + chunk] @ xt.T                         # [c, n]
         if exclude_self:
-            rows = torch.arange(sim.shape[0])
+            rows = torch.arange(sim.shape[0], device=xt.device)
             sim[rows, rows + start] = -torch.inf
         # stable order: sort by (similarity desc, index asc) among the top candidates
         _, idx = topk_stable(sim, k)
-        out[start:start + chunk] = idx.numpy()
+        out[start:start + chunk] = idx.cpu().numpy()
     return out
 
 
+class ExactKNN:
+    """Exact cosine top-k (:func:`cosine_topk`): ``O(n^2 d)``, the default and the reference.
+
+    Args:
+        chunk: rows scored at once (memory ``chunk x n`` floats).
+        device: where the similarities are computed (``cuda``: the search a GPU makes cheap).
+    """
+
+    name = "exact"
+
+    def __init__(self, chunk: int, device: str):
+        self.chunk, self.device = int(chunk), str(device)
+
+    def topk(self, x: np.ndarray, k: int) -> np.ndarray:
+        return cosine_topk(x, k, chunk=self.chunk, device=self.device)
+
+    def cache_params(self) -> dict:
+        # not the chunking (the lists do not depend on it), so caches of earlier versions stay valid; the device,
+        # as another device's float sums can order near-ties differently
+        return {} if self.device == "cpu" else {"device": torch.device(self.device).type}
+
+
+class IVFKNN:
+    r"""Approximate cosine top-k with faiss' inverted-file index (``IndexIVFFlat``, inner product on
+    L2-normalised rows; optional extra ``knn``: ``pip install -e ".[knn]"``).
+
+    k-means (seeded) splits the rows into ``nlist`` cells; each row is compared with the rows of the
+    ``nprobe`` cells nearest to it, about ``n * nprobe / nlist`` of them instead of ``n``. Deterministic for a
+    given seed and thread count. Rows whose probed cells hold fewer than ``k`` other rows fall back to the exact
+    search. Recall@k against :class:`ExactKNN`: ``make bench-scale`` measures it.
+
+    Args:
+        nlist: number of cells (``None``: ``4 sqrt(n)``, faiss' rule of thumb).
+        nprobe: cells searched per query.
+        seed: seed of the k-means.
+        train_rows: rows sampled to train the k-means (at most; faiss needs about 39 per cell).
+        niter: k-means iterations.
+        chunk: query rows per batch.
+    """
+
+    name = "ivf"
+
+    def __init__(self, nlist: int | None, nprobe: int, seed: int, train_rows: int, niter: int, chunk: int):
+        self.nlist, self.nprobe, self.seed = nlist, int(nprobe), int(seed)
+        self.train_rows, self.niter, self.chunk = int(train_rows), int(niter), int(chunk)
+
+    def topk(self, x: np.ndarray, k: int) -> np.ndarray:
+        try:
+            import faiss
+        except ImportError as e:
+            raise ImportError('the approximate kNN builder needs faiss: pip install -e ".[knn]"') from e
+        n, d = x.shape
+        if not 0 < k < n:
+            raise ValueError(f"k must be in 1..{n - 1} for {n} rows, got {k}")
+        xn = np.ascontiguousarray(torch.nn.functional.normalize(torch.from_numpy(
+            np.ascontiguousarray(x, dtype=np.float32)), dim=1).numpy())
+        nlist = int(self.nlist) if self.nlist else max(1, int(4 * np.sqrt(n)))
+        nlist = min(nlist, n)
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(self.seed)
+        sample = xn if n <= self.train_rows else xn[np.sort(rng.choice(n, self.train_rows, replace=False))]
+        index.cp.seed, index.cp.niter = self.seed, self.niter
+        index.train(sample)
+        index.add(xn)
+        index.nprobe = min(self.nprobe, nlist)
+        out = np.empty((n, k), dtype=np.int64)
+        short = []
+        for start in range(0, n, self.chunk):
+            q = xn[start:start + self.chunk]
+            sims, idx = index.search(q, k + 1)                                 # the row itself is usually first
+            rows = np.arange(start, start + len(q))
+            for r, (s_row, i_row) in enumerate(zip(sims, idx, strict=True)):
+                keep = (i_row >= 0) & (i_row != rows[r])
+                if keep.sum() < k:
+                    short.append(rows[r])
+                    continue
+                i_keep, s_keep = i_row[keep], s_row[keep]
+                order = np.lexsort((i_keep, -s_keep))[:k]                     # (similarity desc, index asc)
+                out[rows[r]] = i_keep[order]
+        if short:
+            short = np.asarray(short)
+            sim = torch.from_numpy(xn[short]) @ torch.from_numpy(xn).T
+            sim[torch.arange(len(short)), torch.from_numpy(short)] = -torch.inf
+            out[short] = topk_stable(sim, k)[1].numpy()
+        return out
+
+    def cache_params(self) -> dict:
+        return {"search": self.name, "nlist": self.nlist, "nprobe": self.nprobe, "seed": self.seed,
+                "train_rows": self.train_rows, "niter": self.niter, "faiss_threads": _faiss_threads()}
+
+
+def _faiss_threads() -> int:
+    import faiss
+    return int(faiss.omp_get_max_threads())
+
+
+KNNSearch = ExactKNN | IVFKNN
+
+
+def knn_recall(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Share of the exact top-k neighbours an approximate top-k list found (recall@k), both ``[n, k]``."""
+    hits = sum(len(np.intersect1d(a, e, assume_unique=True)) for a, e in zip(approx, exact, strict=True))
+    return hits / exact.size
+
+
 def knn_adjacency(x: np.ndarray, k: int, symmetric: bool = True, self_loops: bool = True,
-                  chunk: int = 2048) -> sp.csr_matrix:
+                  chunk: int = 2048, search: KNNSearch | None = None) -> sp.csr_matrix:
     """Binary kNN adjacency ``[n, n]``: ``A[i, j] = 1`` if ``j`` is among ``i``'s top-k by cosine.
 
-    ``symmetric`` adds the reverse edges (``A or A^T``); ``self_loops`` sets the diagonal.
+    ``symmetric`` adds the reverse edges (``A or A^T``); ``self_loops`` sets the diagonal. ``search``: how the
+    top-k are found (default exact, in row chunks of ``chunk``).
     """
     n = x.shape[0]
-    nbrs = cosine_topk(x, k, chunk=chunk)
+    nbrs = (search or ExactKNN(chunk, "cpu")).topk(x, k)
     rows = np.repeat(np.arange(n), k)
     a = sp.csr_matrix((np.ones(n * k, dtype=np.float32), (rows, nbrs.ravel())), shape=(n, n))
     if symmetric:

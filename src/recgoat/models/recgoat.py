@@ -25,7 +25,7 @@ from recgoat.data import DataError, RecDataset
 from recgoat.graphs import bipartite_adjacency, normalized_bipartite_adjacency, row_mean
 from recgoat.graphs.cache import cached_sparse
 from recgoat.graphs.csr import DeviceCSR
-from recgoat.graphs.knn import KNN_BUILDER_VERSION, knn_adjacency
+from recgoat.graphs.knn import KNN_BUILDER_VERSION, KNNSearch, knn_adjacency
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
 from recgoat.models.inputs import fill_missing_rows, item_modalities
 from recgoat.nn import (
@@ -46,10 +46,10 @@ log = logging.getLogger(__name__)
 USER_FUSIONS = ("id", "fused", "propagated")
 
 
-def knn_graph(x: np.ndarray, k: int, cache_dir, builder: str) -> DeviceCSR:
+def knn_graph(x: np.ndarray, k: int, cache_dir, builder: str, search: KNNSearch) -> DeviceCSR:
     return DeviceCSR(cached_sparse(cache_dir, builder, KNN_BUILDER_VERSION, {"features": x},
-                                   {"k": k, "symmetric": True, "self_loops": True},
-                                   lambda: knn_adjacency(x, k, symmetric=True, self_loops=True)))
+                                   {"k": k, "symmetric": True, "self_loops": True, **search.cache_params()},
+                                   lambda: knn_adjacency(x, k, symmetric=True, self_loops=True, search=search)))
 
 
 class RecGOAT(Recommender):
@@ -69,6 +69,8 @@ class RecGOAT(Recommender):
         item_encoder: ``(in_dim, dim) -> module`` encoding one modality's features over its item kNN graph
             (:class:`GraphAttentionEncoder`; ``attention=False`` is the "w/o graph attention" ablation).
         knn_k: neighbours per item of the item-item kNN graphs.
+        knn_search: how the kNN graphs (item-item and user-user) find neighbours: :class:`ExactKNN` or the
+            approximate :class:`IVFKNN`; part of the graph cache key.
         user_encoder: ``(in_dim, dim) -> module`` of the user LM branch, or ``None`` (no user LM branch).
         user_knn_k: neighbours per user of the user-user kNN graph.
         cmcl: the instance-level alignment term (:class:`CMCL`), or ``None``.
@@ -83,7 +85,8 @@ class RecGOAT(Recommender):
 
     def __init__(self, dataset: RecDataset, *, embedding_dim: int, reg_weight: float, modalities: list[str] | None,
                  missing_features: str, cache_dir: str | None, backend: str, id_encoder: nn.Module,
-                 item_encoder: Callable[..., nn.Module], knn_k: int, user_encoder: Callable[..., nn.Module] | None,
+                 item_encoder: Callable[..., nn.Module], knn_k: int, knn_search: KNNSearch,
+                 user_encoder: Callable[..., nn.Module] | None,
                  user_knn_k: int, cmcl: CMCL | None, oat_map: DimensionTransport | None, oat_w1: SinkhornW1 | None,
                  fusion: Callable[..., AdaptiveFusion], users: str):
         super().__init__(dataset.n_users, dataset.n_items)
@@ -109,7 +112,7 @@ class RecGOAT(Recommender):
             self.register_buffer(f"x_{m}", torch.from_numpy(x), persistent=False)
             self.item_encoders[m] = item_encoder(in_dim=x.shape[1], dim=d)
             if getattr(self.item_encoders[m], "attention", False):
-                self.graphs[m] = knn_graph(x, knn_k, cache_dir, f"knn-item-{m}")
+                self.graphs[m] = knn_graph(x, knn_k, cache_dir, f"knn-item-{m}", knn_search)
 
         self.user_encoder = None
         if user_encoder is not None:
@@ -121,7 +124,7 @@ class RecGOAT(Recommender):
             self.register_buffer("x_user", torch.from_numpy(xu), persistent=False)
             self.user_encoder = user_encoder(in_dim=xu.shape[1], dim=d)
             if getattr(self.user_encoder, "attention", False):
-                self.graphs["user"] = knn_graph(xu, user_knn_k, cache_dir, "knn-user")
+                self.graphs["user"] = knn_graph(xu, user_knn_k, cache_dir, "knn-user", knn_search)
 
         self.oat_map = None
         if oat_map is not None:
