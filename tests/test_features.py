@@ -11,12 +11,12 @@ pytest.importorskip("sentence_transformers", reason="the 'features' extra is not
 
 from recgoat.data import make_synthetic  # noqa: E402
 from recgoat.features.image import ImageEncoder  # noqa: E402
-from recgoat.features.llm import ChatClient  # noqa: E402
 from recgoat.features.pipeline import build_features  # noqa: E402
 from recgoat.features.sources import ml100k_items  # noqa: E402
 from recgoat.features.text import SentenceTextEncoder  # noqa: E402
 from tests.conftest import shared_dataset  # noqa: E402
 from tests.llm_server import FakeLLM, answer_body  # noqa: E402
+from tests.test_llm import make_client  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_llm_profiles_see_training_items_only_and_fall_back_without_answer(tmp_p
 
     with FakeLLM(behaviour) as server:
         server.key_of = lambda prompt: prompt  # the whole prompt, to inspect it
-        client = ChatClient(server.base_url, "tiny-llm", api_key_env=None)
+        client = make_client(server.base_url, "tiny-llm")
         summary = build_features(small, meta, tmp_path / "f", text_fields=["title", "genres"],
                                  text_encoder=text_encoder, profile="llm", llm_client=client, llm_concurrency=3)
         prompts = [r["payload"]["messages"][-1]["content"] for r in server.requests]

@@ -1,6 +1,7 @@
 """The LLM client and profile generation against a real HTTP server on 127.0.0.1."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -9,10 +10,22 @@ import sys
 import time
 
 import pytest
+from hydra.utils import instantiate
 
 from recgoat.features.llm import ChatClient, LLMError, generate, read_cache
 from recgoat.features.profiles import parse_answer
 from tests.llm_server import FakeLLM, answer_body
+
+
+@functools.cache
+def llm_config():
+    from recgoat.utils.config import compose
+    return compose(["features=ml100k", "profile=llm"], config_name="features").llm
+
+
+def make_client(url: str, model: str = "m", **overrides) -> ChatClient:
+    """The shipped client config (conf/features.yaml) pointed at a test server, without an API key."""
+    return instantiate(llm_config(), base_url=url, model=model, **{"api_key_env": None, **overrides})
 
 
 def requests_for(n: int) -> dict[str, list[dict]]:
@@ -21,7 +34,7 @@ def requests_for(n: int) -> dict[str, list[dict]]:
 
 def test_concurrency_bound_is_respected(tmp_path):
     with FakeLLM(delay=0.15) as server:
-        client = ChatClient(server.base_url, "m", api_key_env=None)
+        client = make_client(server.base_url)
         responses, errors = generate(client, requests_for(12), tmp_path / "c.jsonl", concurrency=3, progress=False)
     assert not errors and len(responses) == 12
     assert server.peak_in_flight <= 3
@@ -33,7 +46,7 @@ def test_retries_on_429_and_500_then_succeeds(tmp_path):
         return {1: (429, {"error": "slow down"}), 2: (500, {"error": "boom"})}.get(attempt, (200, answer_body("ok")))
 
     with FakeLLM(flaky) as server:
-        client = ChatClient(server.base_url, "m", api_key_env=None, backoff=0.01)
+        client = make_client(server.base_url, backoff=0.01)
         responses, errors = generate(client, requests_for(4), tmp_path / "c.jsonl", concurrency=2, progress=False)
     assert not errors and all(parse_answer(r) == "ok" for r in responses.values())
     assert set(server.attempts.values()) == {3}
@@ -48,7 +61,7 @@ def test_non_retryable_status_and_exhausted_retries_are_reported_and_the_run_goe
         return 200, answer_body("fine")
 
     with FakeLLM(mixed) as server:
-        client = ChatClient(server.base_url, "m", api_key_env=None, max_retries=2, backoff=0.01)
+        client = make_client(server.base_url, max_retries=2, backoff=0.01)
         responses, errors = generate(client, requests_for(5), tmp_path / "c.jsonl", concurrency=2, progress=False)
     assert set(errors) == {"u0", "u1"} and "HTTP 400" in errors["u0"] and "gave up after 3 attempts" in errors["u1"]
     assert server.attempts["u0"] == 1 and server.attempts["u1"] == 3
@@ -59,9 +72,9 @@ def test_non_retryable_status_and_exhausted_retries_are_reported_and_the_run_goe
 def test_malformed_response_and_unreachable_endpoint(tmp_path):
     with FakeLLM(lambda k, a: (200, b"not json at all")) as server:
         with pytest.raises(LLMError, match="malformed response"):
-            ChatClient(server.base_url, "m", api_key_env=None).complete([{"role": "user", "content": "KEY=x"}])
+            make_client(server.base_url).complete([{"role": "user", "content": "KEY=x"}])
         port = server.httpd.server_address[1]
-    client = ChatClient(f"http://127.0.0.1:{port}/v1", "m", api_key_env=None, max_retries=1, backoff=0.01, timeout=2)
+    client = make_client(f"http://127.0.0.1:{port}/v1", max_retries=1, backoff=0.01, timeout=2)
     with pytest.raises(LLMError, match="gave up after 2 attempts"):
         client.complete([{"role": "user", "content": "KEY=x"}])
     assert parse_answer("<think>x</think> nothing else") is None
@@ -71,16 +84,17 @@ def test_malformed_response_and_unreachable_endpoint(tmp_path):
 def test_api_key_comes_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("RECGOAT_TEST_KEY", "sk-test")
     with FakeLLM() as server:
-        client = ChatClient(server.base_url, "m", api_key_env="RECGOAT_TEST_KEY")
+        client = make_client(server.base_url, api_key_env="RECGOAT_TEST_KEY")
         client.complete([{"role": "user", "content": "KEY=a"}])
     assert server.requests[0]["auth"] == "Bearer sk-test"
 
 
 RUNNER = """
 import sys
-from recgoat.features.llm import ChatClient, generate
+from recgoat.features.llm import generate
+from tests.test_llm import make_client
 reqs = {f"u{i}": [{"role": "user", "content": f"KEY=u{i}"}] for i in range(int(sys.argv[3]))}
-generate(ChatClient(sys.argv[1], "m", api_key_env=None), reqs, sys.argv[2], concurrency=1, progress=False)
+generate(make_client(sys.argv[1]), reqs, sys.argv[2], concurrency=1, progress=False)
 """
 
 
@@ -98,7 +112,7 @@ def test_resume_after_a_killed_run_resends_nothing_cached(tmp_path):
         assert 4 <= len(done_before) < 20
         n_before = len(server.requests)
         reqs = {f"u{i}": [{"role": "user", "content": f"KEY=u{i}"}] for i in range(20)}
-        responses, errors = generate(ChatClient(server.base_url, "m", api_key_env=None), reqs, cache,
+        responses, errors = generate(make_client(server.base_url), reqs, cache,
                                      concurrency=4, progress=False)
         resent = {r["key"] for r in server.requests[n_before:]}
     assert not errors and len(responses) == 20
@@ -111,22 +125,34 @@ def test_resume_after_a_killed_run_resends_nothing_cached(tmp_path):
 def test_a_cached_response_is_reused_only_for_the_same_request(tmp_path):
     cache = tmp_path / "c.jsonl"
     with FakeLLM(lambda k, a: (200, answer_body(f"first {k}"))) as server:
-        generate(ChatClient(server.base_url, "m", api_key_env=None), requests_for(3), cache, progress=False)
+        generate(make_client(server.base_url), requests_for(3), cache, progress=False)
     with FakeLLM(lambda k, a: (200, answer_body(f"second {k}"))) as server:
-        same, _ = generate(ChatClient(server.base_url, "m", api_key_env=None), requests_for(3), cache,
+        same, _ = generate(make_client(server.base_url), requests_for(3), cache,
                            progress=False)
         assert server.attempts == {}                                   # all three served from the cache
-        other_model, _ = generate(ChatClient(server.base_url, "m2", api_key_env=None), requests_for(3), cache,
+        other_model, _ = generate(make_client(server.base_url, "m2"), requests_for(3), cache,
                                   progress=False)
         changed = requests_for(3)
         changed["u1"] = [{"role": "user", "content": "another history ... KEY=u1"}]
-        changed_prompt, _ = generate(ChatClient(server.base_url, "m2", api_key_env=None), changed, cache,
+        changed_prompt, _ = generate(make_client(server.base_url, "m2"), changed, cache,
                                      progress=False)
     assert {parse_answer(r) for r in same.values()} == {"first u0", "first u1", "first u2"}
     assert {parse_answer(r) for r in other_model.values()} == {"second u0", "second u1", "second u2"}
     assert server.attempts == {"u0": 1, "u1": 2, "u2": 1}    # m2 once each, then only the changed prompt
     assert {k: parse_answer(r) for k, r in changed_prompt.items() if k != "u1"} == {"u0": "second u0",
                                                                                    "u2": "second u2"}
+
+
+def test_the_llm_client_config_sets_every_argument_and_the_client_has_no_defaults():
+    import inspect
+
+    from recgoat.utils.config import check_targets, compose
+    cfg = compose(["features=ml100k", "profile=llm", "llm.model=m"], config_name="features")
+    check_targets(cfg)
+    params = inspect.signature(ChatClient).parameters
+    assert all(p.default is inspect.Parameter.empty for p in params.values())  # the yaml is the only source
+    assert set(params) == set(cfg.llm) - {"_target_"}
+    assert isinstance(instantiate(cfg.llm), ChatClient)
 
 
 def test_the_llama_cpp_server_config_sets_every_argument_and_nothing_else():

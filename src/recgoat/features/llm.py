@@ -43,9 +43,8 @@ class ChatClient:
         temperature, max_tokens: generation settings.
     """
 
-    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 120.0,
-                 max_retries: int = 4, backoff: float = 1.0, max_backoff: float = 30.0, temperature: float = 0.6,
-                 max_tokens: int = 1024):
+    def __init__(self, base_url: str, model: str, *, api_key_env: str | None, timeout: float, max_retries: int,
+                 backoff: float, max_backoff: float, temperature: float, max_tokens: int):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key = os.environ.get(api_key_env) if api_key_env else None
