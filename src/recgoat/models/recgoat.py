@@ -44,6 +44,7 @@ from recgoat.nn import (
 log = logging.getLogger(__name__)
 
 USER_FUSIONS = ("id", "fused", "propagated")
+ITEM_INPUTS = ("features", "features_and_id")
 
 
 def knn_graph(x: np.ndarray, k: int, cache_dir, builder: str, search: KNNSearch) -> DeviceCSR:
@@ -69,6 +70,9 @@ class RecGOAT(Recommender):
         item_encoder: ``(in_dim, dim) -> module`` encoding one modality's features over its item kNN graph
             (:class:`GraphAttentionEncoder`; ``attention=False`` is the "w/o graph attention" ablation).
         knn_k: neighbours per item of the item-item kNN graphs.
+        item_input: ``features``: a modality branch encodes ``W_m x^m + b`` (method.md); ``features_and_id``:
+            ``W_m x^m + b + E_i``, so its graph attention also spreads the items' ID embeddings over the modality's
+            kNN graph, as FREEDOM's and MGCN's item-item views do (design option).
         knn_search: how the kNN graphs (item-item and user-user) find neighbours: :class:`ExactKNN` or the
             approximate :class:`IVFKNN`; part of the graph cache key.
         user_encoder: ``(in_dim, dim) -> module`` of the user LM branch, or ``None`` (no user LM branch).
@@ -85,7 +89,7 @@ class RecGOAT(Recommender):
 
     def __init__(self, dataset: RecDataset, *, embedding_dim: int, reg_weight: float, modalities: list[str] | None,
                  missing_features: str, cache_dir: str | None, backend: str, id_encoder: nn.Module,
-                 item_encoder: Callable[..., nn.Module], knn_k: int, knn_search: KNNSearch,
+                 item_encoder: Callable[..., nn.Module], knn_k: int, item_input: str, knn_search: KNNSearch,
                  user_encoder: Callable[..., nn.Module] | None,
                  user_knn_k: int, cmcl: CMCL | None, oat_map: DimensionTransport | None, oat_w1: SinkhornW1 | None,
                  fusion: Callable[..., AdaptiveFusion], users: str):
@@ -93,6 +97,9 @@ class RecGOAT(Recommender):
         check_backend(backend)  # fails now, at start-up, if DGL is selected and missing
         if users not in USER_FUSIONS:
             raise ValueError(f"model.users must be one of {USER_FUSIONS}, got {users!r}")
+        if item_input not in ITEM_INPUTS:
+            raise ValueError(f"model.item_input must be one of {ITEM_INPUTS}, got {item_input!r}")
+        self.item_input = item_input
         features = item_modalities(dataset, "RecGOAT", modalities, missing_features)
         self.modalities = list(features)
         self.reg_weight = reg_weight
@@ -145,7 +152,8 @@ class RecGOAT(Recommender):
 
     def encode_modalities(self) -> dict[str, Tensor]:
         """``z^m`` for every item, ``{m: [n_items, d]}``."""
-        return {m: self.item_encoders[m](getattr(self, f"x_{m}"), self._graph(m)) for m in self.modalities}
+        h0_add = self.item_emb if self.item_input == "features_and_id" else None
+        return {m: self.item_encoders[m](getattr(self, f"x_{m}"), self._graph(m), h0_add) for m in self.modalities}
 
     def representations(self) -> dict[str, Tensor | dict[str, Tensor]]:
         """All final representations: ``user``, ``item`` (fused), ``item_id``, ``aligned`` per modality."""

@@ -50,9 +50,10 @@ class GraphAttentionEncoder(nn.Module):
         else:
             self.layers = nn.ModuleList([nn.Linear(dim, dim) for _ in range(n_layers)])
 
-    def forward(self, x: Tensor, graph: DeviceCSR | Tensor | None = None) -> Tensor:
-        # x: [n, in_dim], graph: DeviceCSR or edge_index [2, E] (source, target) -> [n, dim]
-        h = self.proj(x)
+    def forward(self, x: Tensor, graph: DeviceCSR | Tensor | None = None, h0_add: Tensor | None = None) -> Tensor:
+        # x: [n, in_dim], graph: DeviceCSR or edge_index [2, E] (source, target), h0_add: [n, dim] added to h^(0)
+        # -> [n, dim]
+        h = self.proj(x) if h0_add is None else self.proj(x) + h0_add
         for i, layer in enumerate(self.layers):
             if self.attention:
                 h = layer(h, graph)
