@@ -398,6 +398,23 @@ def test_propagated_users_are_fused_with_the_symmetrically_normalised_sum_of_the
             torch.testing.assert_close(b["user"][u:u + 1], plain.fusion(parts), atol=1e-5, rtol=1e-5)
 
 
+def test_item_input_features_and_id_adds_each_items_id_embedding_to_the_first_attention_layers_input(
+        tiny_synthetic, tmp_path):
+    plain = small_recgoat(tiny_synthetic, tmp_path).eval()
+    with_id = small_recgoat(tiny_synthetic, tmp_path, "model.item_input=features_and_id").eval()
+    with_id.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        features_only, both = plain.encode_modalities(), with_id.encode_modalities()
+        for m in plain.modalities:
+            encoder = plain.item_encoders[m]
+            assert len(encoder.layers) == 1
+            h0 = encoder.proj(getattr(plain, f"x_{m}")) + plain.item_emb
+            torch.testing.assert_close(both[m], encoder.layers[0](h0, plain.graphs[m]))
+            assert not torch.allclose(both[m], features_only[m])
+    with pytest.raises(ValueError, match="model.item_input must be one of"):
+        small_recgoat(tiny_synthetic, tmp_path, "model.item_input=ids")
+
+
 def test_unknown_user_fusion_is_an_error(tiny_synthetic, tmp_path):
     with pytest.raises(ValueError, match="model.users must be one of .*'both'"):
         small_recgoat(tiny_synthetic, tmp_path, "model.users=both")
