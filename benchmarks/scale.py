@@ -268,7 +268,8 @@ def main() -> None:
     parser.add_argument("--knn-recall", action="store_true", help="also time exact and IVF top-k, report recall@k")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per cell (0: torch's default)")
-    parser.add_argument("--out", default=None, help="output prefix (default logs/bench/scale-<time>)")
+    parser.add_argument("--out", default=None, help="output prefix (default logs/bench/scale-<time>); when its .json "
+                        "exists, the cells it holds are kept and only the missing (or failed) ones run")
     parser.add_argument("--cell", nargs=2, metavar=("SIZE", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:
@@ -279,8 +280,13 @@ def main() -> None:
     prefix = Path(args.out) if args.out else root / "logs" / "bench" / f"scale-{time.strftime('%Y%m%d-%H%M%S')}"
     prefix.parent.mkdir(parents=True, exist_ok=True)
     rows = []
+    if prefix.with_suffix(".json").exists():  # a stopped bench continues: finished cells are not rerun
+        rows = [r for r in json.loads(prefix.with_suffix(".json").read_text())["rows"] if "error" not in r]
+        print(f"continuing {prefix}.json: {len(rows)} finished cell(s) kept")
     for size in args.sizes:
         for model in args.models:
+            if any(r["size"] == size and r["model"] == model for r in rows):
+                continue
             cmd = [sys.executable, __file__, "--cell", size, model, "--steps", str(args.steps), "--knn", args.knn,
                    "--device", args.device, "--threads", str(args.threads)] + (["--knn-recall"] * args.knn_recall)
             print(f"[{time.strftime('%H:%M:%S')}] {size} {model} ...", flush=True)
@@ -298,6 +304,7 @@ def main() -> None:
             prefix.with_suffix(".json").write_text(json.dumps(  # after every cell: a stopped run keeps its rows
                 {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                  "torch": torch.__version__, "args": vars(args), "rows": rows}, indent=2))
+    rows.sort(key=lambda r: (list(SIZES).index(r["size"]), r["model"]))
     md = table(rows)
     print("\n" + md)
     prefix.with_suffix(".md").write_text(md + "\n")
