@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 USER_FUSIONS = ("id", "fused", "propagated")
 ITEM_INPUTS = ("features", "features_and_id")
+ALIGN_TARGETS = ("trainable", "detached")
 
 
 def knn_graph(x: np.ndarray, k: int, cache_dir, builder: str, search: KNNSearch) -> DeviceCSR:
@@ -81,6 +82,9 @@ class RecGOAT(Recommender):
         oat_map: the dimension-level transport solver (:class:`DimensionTransport`) of the OAT map, or ``None``.
         oat_w1: the Sinkhorn-divergence term (:class:`SinkhornW1`), or ``None``.
         fusion: ``(names, dim) -> AdaptiveFusion`` of the ID and aligned modality item representations.
+        align_to: ``trainable``: the alignment terms pull both sides (method.md); ``detached``: their ID-side
+            targets (the fused item of CMCL, the ID items of W1) are constants, so alignment moves the modality
+            representations towards the collaborative space and never the collaborative space itself (design option).
         users: ``id``: the final user is the ID branch's output (method.md); ``fused``: users are fused
             like items, from their ID output and the mean of their training items' aligned modalities;
             ``propagated``: the same with the symmetrically normalised aggregate ``R^ z~^m`` of the user's
@@ -92,7 +96,7 @@ class RecGOAT(Recommender):
                  item_encoder: Callable[..., nn.Module], knn_k: int, item_input: str, knn_search: KNNSearch,
                  user_encoder: Callable[..., nn.Module] | None,
                  user_knn_k: int, cmcl: CMCL | None, oat_map: DimensionTransport | None, oat_w1: SinkhornW1 | None,
-                 fusion: Callable[..., AdaptiveFusion], users: str):
+                 fusion: Callable[..., AdaptiveFusion], align_to: str, users: str):
         super().__init__(dataset.n_users, dataset.n_items)
         check_backend(backend)  # fails now, at start-up, if DGL is selected and missing
         if users not in USER_FUSIONS:
@@ -100,6 +104,9 @@ class RecGOAT(Recommender):
         if item_input not in ITEM_INPUTS:
             raise ValueError(f"model.item_input must be one of {ITEM_INPUTS}, got {item_input!r}")
         self.item_input = item_input
+        if align_to not in ALIGN_TARGETS:
+            raise ValueError(f"model.align_to must be one of {ALIGN_TARGETS}, got {align_to!r}")
+        self.align_detached = align_to == "detached"
         features = item_modalities(dataset, "RecGOAT", modalities, missing_features)
         self.modalities = list(features)
         self.reg_weight = reg_weight
@@ -188,13 +195,15 @@ class RecGOAT(Recommender):
         out = {"bpr": bpr, "reg": reg}
         total = bpr + self.reg_weight * reg
         batch_items = torch.unique(batch["pos"])
+        fused_target, id_target = items[batch_items], reps["item_id"][batch_items]
+        if self.align_detached:
+            fused_target, id_target = fused_target.detach(), id_target.detach()
         if self.cmcl is not None:
-            out["cmcl"] = self.cmcl({m: z[batch_items] for m, z in reps["aligned"].items()}, items[batch_items])
+            out["cmcl"] = self.cmcl({m: z[batch_items] for m, z in reps["aligned"].items()}, fused_target)
             total = total + self.cmcl.weight * out["cmcl"]
         if self.oat_w1 is not None:
             with record_function("recgoat.oat_w1"):
-                out["oat_w1"] = sum(self.oat_w1(z[batch_items], reps["item_id"][batch_items])
-                                    for z in reps["aligned"].values())
+                out["oat_w1"] = sum(self.oat_w1(z[batch_items], id_target) for z in reps["aligned"].values())
             total = total + self.oat_w1.weight * out["oat_w1"]
         for name, w in zip(self.fusion.names, self.fusion.weights, strict=True):
             out[f"fusion_w_{name}"] = w.detach()
