@@ -415,6 +415,19 @@ def test_item_input_features_and_id_adds_each_items_id_embedding_to_the_first_at
         small_recgoat(tiny_synthetic, tmp_path, "model.item_input=ids")
 
 
+@pytest.mark.parametrize("align_to", ["trainable", "detached"])
+def test_detached_alignment_moves_the_modality_branches_only(tiny_synthetic, tmp_path, align_to):
+    model = small_recgoat(tiny_synthetic, tmp_path, f"model.align_to={align_to}")
+    batch = next(iter(BPRBatches(tiny_synthetic, batch_size=64, seed=0, epoch_fn=lambda: 0)))
+    out = model.loss(batch)
+    (out["cmcl"] + out["oat_w1"]).backward()
+    id_side = [model.item_emb, model.user_emb, *model.id_encoder.parameters()]
+    id_grad = sum(float(p.grad.abs().sum()) for p in id_side if p.grad is not None)
+    modality_grad = sum(float(p.grad.abs().sum()) for p in model.item_encoders.parameters() if p.grad is not None)
+    assert modality_grad > 0
+    assert (id_grad == 0.0) == (align_to == "detached")
+
+
 def test_unknown_user_fusion_is_an_error(tiny_synthetic, tmp_path):
     with pytest.raises(ValueError, match="model.users must be one of .*'both'"):
         small_recgoat(tiny_synthetic, tmp_path, "model.users=both")
