@@ -249,6 +249,7 @@ def plot(rows: list[dict], path: Path) -> None:
     if ok:
         xs = np.array(sorted({r["train_pairs"] for r in ok}), dtype=float)
         ax_t.loglog(xs, xs / xs[0], "k:", label="linear in the data (slope 1)")
+        ax_t.loglog(xs, (xs / xs[0]) ** 2, "k--", lw=0.8, label="quadratic (slope 2)")
     ax_t.set(xlabel="training interactions", ylabel="seconds", title="cost vs size")
     ax_m.set(xlabel="training interactions", ylabel="peak RSS (GB)", title="memory vs size")
     ax_m.axhline(16, color="r", ls="--", lw=0.8, label="16 GB target")
