@@ -304,7 +304,8 @@ def main() -> None:
                   f"peak RSS {rows[-1]['peak_rss_mb'] / 1024:.2f} GB"), flush=True)
             prefix.with_suffix(".json").write_text(json.dumps(  # after every cell: a stopped run keeps its rows
                 {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                 "torch": torch.__version__, "args": vars(args), "rows": rows}, indent=2))
+                 "torch": torch.__version__, "args": {k: v for k, v in vars(args).items() if k not in ("out", "cell")},
+                 "rows": rows}, indent=2))
     rows.sort(key=lambda r: (list(SIZES).index(r["size"]), r["model"]))
     md = table(rows)
     print("\n" + md)
