@@ -11,7 +11,7 @@ install:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e ".[dev,features,sweeps]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,features,sweeps,knn]"
 
 run:
 	$(BIN)/python -m recgoat.run
