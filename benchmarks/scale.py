@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import peak_rss_mb, scope_shares  # noqa: E402  (the Baby bench's helpers, one definition)
 
 SIZES = {  # users, items, interactions of MMRec's 5-core versions (../shared/docs/method.md)
     "baby": (19_445, 7_050, 160_792),
@@ -75,10 +77,6 @@ def scaled_dataset(n_users: int, n_items: int, n_interactions: int, seed: int = 
         user_features = low_rank(n_users, USER_DIM)
     return assemble_splits("scale", users, items, labels, n_users, n_items, source="scale",
                            item_features=item_features, user_features=user_features)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def sync(device: torch.device) -> None:
@@ -182,8 +180,6 @@ def run_cell(size: str, model_name: str, steps: int, knn: str, recall: bool, dev
     if dev.type == "cuda":
         row["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if model_name == "recgoat" and dev.type == "cpu":
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from bench import scope_shares
         row["step_scope_shares"] = scope_shares(model, dataset, steps=1)
     model.eval()
     evaluator = instantiate(cfg.evaluation)(train=dataset.train)

@@ -12,8 +12,8 @@ KNN_BUILDER_VERSION = 1  # bump when the construction changes: it is part of the
 
 
 def cosine_topk(x: np.ndarray, k: int, chunk: int = 2048, exclude_self: bool = True,
-                device: str = "cpu") -> np.ndarray:
-    """Indices ``[n, k]`` of each row's ``k`` most cosine-similar rows.
+                device: str = "cpu", rows: np.ndarray | None = None) -> np.ndarray:
+    """Indices ``[len(rows), k]`` of the ``k`` rows of ``x`` most cosine-similar to each of ``rows`` (default: all).
 
     Exact, computed in row chunks (memory ``chunk x n``), never the dense ``n x n`` matrix, on ``device``.
     Ties are broken by lower index.
@@ -23,12 +23,13 @@ def cosine_topk(x: np.ndarray, k: int, chunk: int = 2048, exclude_self: bool = T
         raise ValueError(f"k must be in 1..{n - 1} for {n} rows, got {k}")
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
     xt = torch.nn.functional.normalize(xt, dim=1)
-    out = np.empty((n, k), dtype=np.int64)
-    for start in range(0, n, chunk):
-        sim = xt[start:start + chunk] @ xt.T                         # [c, n]
+    queries = torch.arange(n, device=xt.device) if rows is None else torch.as_tensor(rows, device=xt.device)
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), chunk):
+        q = queries[start:start + chunk]
+        sim = xt[q] @ xt.T                                           # [c, n]
         if exclude_self:
-            rows = torch.arange(sim.shape[0], device=xt.device)
-            sim[rows, rows + start] = -torch.inf
+            sim[torch.arange(len(q), device=xt.device), q] = -torch.inf
         # stable order: sort by (similarity desc, index asc) among the top candidates
         _, idx = topk_stable(sim, k)
         out[start:start + chunk] = idx.cpu().numpy()
@@ -104,22 +105,16 @@ class IVFKNN:
         out = np.empty((n, k), dtype=np.int64)
         short = []
         for start in range(0, n, self.chunk):
-            q = xn[start:start + self.chunk]
-            sims, idx = index.search(q, k + 1)                                 # the row itself is usually first
-            rows = np.arange(start, start + len(q))
-            for r, (s_row, i_row) in enumerate(zip(sims, idx, strict=True)):
-                keep = (i_row >= 0) & (i_row != rows[r])
-                if keep.sum() < k:
-                    short.append(rows[r])
-                    continue
-                i_keep, s_keep = i_row[keep], s_row[keep]
-                order = np.lexsort((i_keep, -s_keep))[:k]                     # (similarity desc, index asc)
-                out[rows[r]] = i_keep[order]
-        if short:
-            short = np.asarray(short)
-            sim = torch.from_numpy(xn[short]) @ torch.from_numpy(xn).T
-            sim[torch.arange(len(short)), torch.from_numpy(short)] = -torch.inf
-            out[short] = topk_stable(sim, k)[1].numpy()
+            sims, idx = index.search(xn[start:start + self.chunk], k + 1)     # the row itself is usually first
+            rows = np.arange(start, start + len(idx))
+            keep = (idx >= 0) & (idx != rows[:, None])
+            sims = np.where(keep, sims, -np.inf)                               # dropped entries sort last
+            order = np.lexsort((idx, -sims), axis=1)[:, :k]                    # (similarity desc, index asc)
+            out[rows] = np.take_along_axis(idx, order, axis=1)
+            short.append(rows[keep.sum(1) < k])
+        short = np.concatenate(short)
+        if len(short):
+            out[short] = cosine_topk(xn, k, chunk=self.chunk, rows=short)
         return out
 
     def cache_params(self) -> dict:
