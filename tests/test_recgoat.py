@@ -415,6 +415,48 @@ def test_item_input_features_and_id_adds_each_items_id_embedding_to_the_first_at
         small_recgoat(tiny_synthetic, tmp_path, "model.item_input=ids")
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_id_item_graph_adds_the_id_embeddings_averaged_over_each_items_top_k_content_neighbours(
+        tiny_synthetic, tmp_path, layers):
+    k = 4
+    plain = small_recgoat(tiny_synthetic, tmp_path).eval()
+    with_graph = small_recgoat(tiny_synthetic, tmp_path, f"model.id_item_graph_layers={layers}",
+                               f"model.id_item_graph_k={k}").eval()
+    with_graph.load_state_dict(plain.state_dict())
+    # brute force: each item averages its k most cosine-similar items (itself the first), mean over modalities
+    s = 0
+    for m in plain.modalities:
+        x = F.normalize(getattr(plain, f"x_{m}").double(), dim=1)
+        top = (x @ x.T).topk(k, dim=1).indices
+        assert bool((top[:, 0] == torch.arange(len(x))).all())
+        s = s + torch.zeros(len(x), len(x), dtype=torch.float64).scatter_(1, top, 1.0 / k)
+    s = (s / len(plain.modalities)).float()
+    with torch.no_grad():
+        a, b = plain.representations(), with_graph.representations()
+        propagated = torch.linalg.matrix_power(s, layers) @ plain.item_emb
+        torch.testing.assert_close(b["item_id"], a["item_id"] + propagated, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(b["user"], a["user"])
+    with pytest.raises(ValueError, match="model.id_item_graph_layers must be >= 0"):
+        small_recgoat(tiny_synthetic, tmp_path, "model.id_item_graph_layers=-1")
+
+
+@pytest.mark.parametrize("init", [0.0, 1.0])
+def test_the_user_lm_branch_is_added_with_its_learned_weight_from_its_initial_value(tiny_synthetic, tmp_path, init):
+    model = small_recgoat(tiny_synthetic, tmp_path, f"model.user_llm_init={init}")
+    no_branch = small_recgoat(tiny_synthetic, tmp_path, "model.user_encoder=null").eval()
+    assert model.user_llm_weight.item() == init
+    model.eval()
+    state = {n: p for n, p in model.state_dict().items() if n in no_branch.state_dict()}
+    no_branch.load_state_dict(state)
+    with torch.no_grad():
+        same = torch.allclose(model.representations()["user"], no_branch.representations()["user"])
+    assert same == (init == 0.0)
+    model.train()
+    batch = next(iter(BPRBatches(tiny_synthetic, batch_size=64, seed=0, epoch_fn=lambda: 0)))
+    model.loss(batch)["loss"].backward()
+    assert float(model.user_llm_weight.grad.abs()) > 0  # learned from 0 too
+
+
 @pytest.mark.parametrize("align_to", ["trainable", "detached"])
 def test_detached_alignment_moves_the_modality_branches_only(tiny_synthetic, tmp_path, align_to):
     model = small_recgoat(tiny_synthetic, tmp_path, f"model.align_to={align_to}")

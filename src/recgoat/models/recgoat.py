@@ -2,9 +2,10 @@
 
 See ../shared/docs/method.md. Data flow of one forward pass (all users and items):
 
-    x^u --user_encoder(G_uu)--> z^llm_u ---------+ (added to E_u: layer-0 user embedding)
+    x^u --user_encoder(G_uu)--> z^llm_u ---------+ (w_llm z^llm_u added to E_u: layer-0 user embedding)
     E_u, E_i ------------------------------------+--> id_encoder(G_ui) --> z_u, z^id_i
     x^m --item_encoder(G_ii^m)--> z^m_i --OAT map (d T* + Delta^m)--> z~^m_i
+    (id_item_graph_layers=L > 0: z^id_i += (S^L E_i)_i, S the mean of the modalities' kNN graphs, as FREEDOM)
     z_i = fusion(z^id_i, z~^m_i) = normalize(dropout(LayerNorm(w_id z^id_i + sum_m w_m z~^m_i)))
     score = <z_u, z_i>    (users=fused: z_u = fusion(z_u, mean of the user's items' z~^m);
                            users=propagated: z_u = fusion(z_u, R^ z~^m), R^ = D_u^-1/2 R D_i^-1/2 as in MGCN)
@@ -22,10 +23,10 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from recgoat.data import DataError, RecDataset
-from recgoat.graphs import bipartite_adjacency, normalized_bipartite_adjacency, row_mean
+from recgoat.graphs import bipartite_adjacency, normalized_bipartite_adjacency, row_mean, sym_normalize
 from recgoat.graphs.cache import cached_sparse
 from recgoat.graphs.csr import DeviceCSR
-from recgoat.graphs.knn import KNN_BUILDER_VERSION, KNNSearch, knn_adjacency
+from recgoat.graphs.knn import KNN_BUILDER_VERSION, KNNSearch, cached_knn_similarity_graph, knn_adjacency
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
 from recgoat.models.inputs import fill_missing_rows, item_modalities
 from recgoat.nn import (
@@ -54,6 +55,13 @@ def knn_graph(x: np.ndarray, k: int, cache_dir, builder: str, search: KNNSearch)
                                    lambda: knn_adjacency(x, k, symmetric=True, self_loops=True, search=search)))
 
 
+def mean_item_graph(features: dict[str, np.ndarray], k: int, cache_dir) -> SparseOperator:
+    """``S = mean_m D_m^-1/2 A_m D_m^-1/2``, ``A_m`` each modality's directed top-``k`` graph, the item itself
+    included (FREEDOM's item-item graph: every row has ``k`` entries, so ``S`` averages ``k`` items)."""
+    return SparseOperator(sum(sym_normalize(cached_knn_similarity_graph(x, k, False, cache_dir, f"knn-item-ids-{m}"))
+                              for m, x in features.items()) / len(features))
+
+
 class RecGOAT(Recommender):
     """RecGOAT recommender. Every part is a component built from its own config node (``conf/model/recgoat.yaml``).
 
@@ -74,6 +82,12 @@ class RecGOAT(Recommender):
         item_input: ``features``: a modality branch encodes ``W_m x^m + b`` (method.md); ``features_and_id``:
             ``W_m x^m + b + E_i``, so its graph attention also spreads the items' ID embeddings over the modality's
             kNN graph, as FREEDOM's and MGCN's item-item views do (design option).
+        id_item_graph_layers: ``L``; with ``L > 0`` the ID branch's items also carry their ID embeddings
+            propagated ``L`` steps over the modalities' item kNN graphs, ``z^id = LightGCN(E)_items + S^L E_items``
+            (FREEDOM's frozen item-item view; design option, 0: off). Items alike in content then share
+            collaborative signal, also before they have many interactions.
+        id_item_graph_k: ``k`` of ``S = mean_m D_m^-1/2 A_m D_m^-1/2``, ``A_m`` the directed top-``k`` cosine graph
+            of modality ``m`` with the item itself among its ``k`` (FREEDOM's graph: ``S`` averages ``k`` items).
         knn_search: how the kNN graphs (item-item and user-user) find neighbours: :class:`ExactKNN` or the
             approximate :class:`IVFKNN`; part of the graph cache key.
         user_encoder: ``(in_dim, dim) -> module`` of the user LM branch, or ``None`` (no user LM branch).
@@ -93,9 +107,11 @@ class RecGOAT(Recommender):
 
     def __init__(self, dataset: RecDataset, *, embedding_dim: int, reg_weight: float, modalities: list[str] | None,
                  missing_features: str, cache_dir: str | None, backend: str, id_encoder: nn.Module,
-                 item_encoder: Callable[..., nn.Module], knn_k: int, item_input: str, knn_search: KNNSearch,
+                 item_encoder: Callable[..., nn.Module], knn_k: int, item_input: str, id_item_graph_layers: int,
+                 id_item_graph_k: int, knn_search: KNNSearch,
                  user_encoder: Callable[..., nn.Module] | None,
-                 user_knn_k: int, cmcl: CMCL | None, oat_map: DimensionTransport | None, oat_w1: SinkhornW1 | None,
+                 user_knn_k: int, user_llm_init: float, cmcl: CMCL | None, oat_map: DimensionTransport | None,
+                 oat_w1: SinkhornW1 | None,
                  fusion: Callable[..., AdaptiveFusion], align_to: str, users: str):
         super().__init__(dataset.n_users, dataset.n_items)
         check_backend(backend)  # fails now, at start-up, if DGL is selected and missing
@@ -121,12 +137,16 @@ class RecGOAT(Recommender):
         else:
             self.graphs["user_item"] = DeviceCSR(normalized_bipartite_adjacency(dataset.train))
 
+        if id_item_graph_layers < 0:
+            raise ValueError(f"model.id_item_graph_layers must be >= 0, got {id_item_graph_layers}")
+        self.id_item_graph_layers = id_item_graph_layers
         self.item_encoders = nn.ModuleDict()
         for m, x in features.items():
             self.register_buffer(f"x_{m}", torch.from_numpy(x), persistent=False)
             self.item_encoders[m] = item_encoder(in_dim=x.shape[1], dim=d)
             if getattr(self.item_encoders[m], "attention", False):
                 self.graphs[m] = knn_graph(x, knn_k, cache_dir, f"knn-item-{m}", knn_search)
+        self.item_graph = mean_item_graph(features, id_item_graph_k, cache_dir) if id_item_graph_layers else None
 
         self.user_encoder = None
         if user_encoder is not None:
@@ -137,6 +157,7 @@ class RecGOAT(Recommender):
             xu = fill_missing_rows("user features", dataset.user_features, missing_features)
             self.register_buffer("x_user", torch.from_numpy(xu), persistent=False)
             self.user_encoder = user_encoder(in_dim=xu.shape[1], dim=d)
+            self.user_llm_weight = nn.Parameter(torch.tensor(float(user_llm_init)))
             if getattr(self.user_encoder, "attention", False):
                 self.graphs["user"] = knn_graph(xu, user_knn_k, cache_dir, "knn-user", knn_search)
 
@@ -167,13 +188,19 @@ class RecGOAT(Recommender):
         users0 = self.user_emb
         if self.user_encoder is not None:
             with record_function("recgoat.user_branch"):
-                users0 = users0 + self.user_encoder(self.x_user, self._graph("user"))
+                users0 = users0 + self.user_llm_weight * self.user_encoder(self.x_user, self._graph("user"))
         with record_function("recgoat.id_branch"):
             ui_graph = self.graphs["user_item"]  # attention reads its edges, LightGCN multiplies by it
             if not isinstance(self.id_encoder, AttentionPropagation):
                 ui_graph = ui_graph.matrix(users0.device)
             out = self.id_encoder(torch.cat([users0, self.item_emb]), ui_graph)
         users, item_id = out[: self.n_users], out[self.n_users:]
+        if self.item_graph is not None:
+            with record_function("recgoat.id_item_graph"):
+                h = self.item_emb
+                for _ in range(self.id_item_graph_layers):
+                    h = self.item_graph(h)
+                item_id = item_id + h
         with record_function("recgoat.item_branches"):
             aligned = self.encode_modalities()
         if self.oat_map is not None:
@@ -207,6 +234,8 @@ class RecGOAT(Recommender):
             total = total + self.oat_w1.weight * out["oat_w1"]
         for name, w in zip(self.fusion.names, self.fusion.weights, strict=True):
             out[f"fusion_w_{name}"] = w.detach()
+        if self.user_encoder is not None:
+            out["user_llm_w"] = self.user_llm_weight.detach()
         out["loss"] = total
         return out
 
