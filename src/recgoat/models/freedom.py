@@ -1,6 +1,7 @@
 """FREEDOM (Zhou & Shen, ACM MM 2023): a frozen item-item graph and a denoised user-item graph."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -61,10 +62,7 @@ class FREEDOM(Recommender):
         self.features = feature_tables(features, trainable=finetune_features)
         self.projections = nn.ModuleDict({m: nn.Linear(x.shape[1], d) for m, x in features.items()})
         weights = mixing_weights(self.modalities, dict(modality_weights))
-        mix = sum(w * sym_normalize(cached_knn_similarity_graph(features[m], knn_k, False, cache_dir,
-                                                                f"knn-freedom-{m}"))
-                  for m, w in weights.items())
-        self.item_graph = SparseOperator(mix)  # directed kNN graph
+        self.item_graph = frozen_item_graph(features, weights, knn_k, cache_dir)
         self.propagate = lightgcn_propagation(backend, n_ui_layers)
         self.full_adj = DeviceCSR(normalized_bipartite_adjacency(dataset.train))
         self.pruned_adj = self.full_adj
@@ -102,6 +100,14 @@ class FREEDOM(Recommender):
     @torch.no_grad()
     def scorer(self) -> Scorer:
         return EmbeddingScorer(*self())
+
+
+def frozen_item_graph(features: dict[str, np.ndarray], weights: dict[str, float], k: int, cache_dir) -> SparseOperator:
+    """FREEDOM's item-item graph ``S = sum_m w_m D_m^-1/2 A_m D_m^-1/2``, ``A_m`` the directed top-``k`` cosine graph
+    of modality ``m`` (the item itself among its ``k``, so every row has ``k`` entries), cached per modality."""
+    return SparseOperator(sum(w * sym_normalize(cached_knn_similarity_graph(features[m], k, False, cache_dir,
+                                                                            f"knn-freedom-{m}"))
+                              for m, w in weights.items()))
 
 
 def mixing_weights(modalities: list[str], given: dict[str, float]) -> dict[str, float]:

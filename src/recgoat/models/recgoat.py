@@ -23,11 +23,12 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from recgoat.data import DataError, RecDataset
-from recgoat.graphs import bipartite_adjacency, normalized_bipartite_adjacency, row_mean, sym_normalize
+from recgoat.graphs import bipartite_adjacency, normalized_bipartite_adjacency, row_mean
 from recgoat.graphs.cache import cached_sparse
 from recgoat.graphs.csr import DeviceCSR
-from recgoat.graphs.knn import KNN_BUILDER_VERSION, KNNSearch, cached_knn_similarity_graph, knn_adjacency
+from recgoat.graphs.knn import KNN_BUILDER_VERSION, KNNSearch, knn_adjacency
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
+from recgoat.models.freedom import frozen_item_graph
 from recgoat.models.inputs import fill_missing_rows, item_modalities
 from recgoat.nn import (
     CMCL,
@@ -53,13 +54,6 @@ def knn_graph(x: np.ndarray, k: int, cache_dir, builder: str, search: KNNSearch)
     return DeviceCSR(cached_sparse(cache_dir, builder, KNN_BUILDER_VERSION, {"features": x},
                                    {"k": k, "symmetric": True, "self_loops": True, **search.cache_params()},
                                    lambda: knn_adjacency(x, k, symmetric=True, self_loops=True, search=search)))
-
-
-def mean_item_graph(features: dict[str, np.ndarray], k: int, cache_dir) -> SparseOperator:
-    """``S = mean_m D_m^-1/2 A_m D_m^-1/2``, ``A_m`` each modality's directed top-``k`` graph, the item itself
-    included (FREEDOM's item-item graph: every row has ``k`` entries, so ``S`` averages ``k`` items)."""
-    return SparseOperator(sum(sym_normalize(cached_knn_similarity_graph(x, k, False, cache_dir, f"knn-item-ids-{m}"))
-                              for m, x in features.items()) / len(features))
 
 
 class RecGOAT(Recommender):
@@ -146,7 +140,10 @@ class RecGOAT(Recommender):
             self.item_encoders[m] = item_encoder(in_dim=x.shape[1], dim=d)
             if getattr(self.item_encoders[m], "attention", False):
                 self.graphs[m] = knn_graph(x, knn_k, cache_dir, f"knn-item-{m}", knn_search)
-        self.item_graph = mean_item_graph(features, id_item_graph_k, cache_dir) if id_item_graph_layers else None
+        self.item_graph = None  # FREEDOM's graph, the modalities weighted equally
+        if id_item_graph_layers:
+            self.item_graph = frozen_item_graph(features, dict.fromkeys(features, 1.0 / len(features)),
+                                                id_item_graph_k, cache_dir)
 
         self.user_encoder = None
         if user_encoder is not None:
