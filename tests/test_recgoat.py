@@ -126,7 +126,7 @@ def test_the_knn_search_is_part_of_recgoats_graph_cache_key(tiny_synthetic, tmp_
     pytest.importorskip("faiss", reason="the approximate kNN builder needs the knn extra (faiss-cpu)")
     small_recgoat(tiny_synthetic, tmp_path)
     exact_files = set((tmp_path / "graphs").glob("*.npz"))
-    assert len(exact_files) == 3                             # text, image, user
+    assert len(exact_files) == 5                             # text, image, user; FREEDOM's text and image graphs
     small_recgoat(tiny_synthetic, tmp_path, "model/knn_search=ivf")
     assert len(set((tmp_path / "graphs").glob("*.npz")) - exact_files) == 3
     assert ExactKNN(chunk=7, device="cpu").cache_params() == {}  # exact graphs cached before stay valid
@@ -297,7 +297,8 @@ def small_recgoat(dataset, tmp_path, *overrides: str) -> RecGOAT:
 @pytest.mark.parametrize("ui", ["lightgcn", "attention"])
 def test_gradients_reach_every_branch(tiny_synthetic, tmp_path, ui):
     extra = ["+experiment=ui_attention", "model.id_encoder.heads=4"] if ui == "attention" else []
-    model = small_recgoat(tiny_synthetic, tmp_path, *extra)
+    # the user LM weight at 1: from the default 0 the user encoder's gradient is 0 until the weight has moved
+    model = small_recgoat(tiny_synthetic, tmp_path, *extra, "model.user_llm_init=1.0")
     batch = next(iter(BPRBatches(tiny_synthetic, batch_size=64, seed=0, epoch_fn=lambda: 0)))
     out = model.loss(batch)
     assert {"bpr", "reg", "cmcl", "oat_w1", "fusion_w_id", "fusion_w_text", "fusion_w_image"} <= set(out)
@@ -348,8 +349,8 @@ def test_attention_propagation_is_the_layer_mean_of_pyg_gatconv_layers():
 def test_fusion_is_the_layer_normed_weighted_sum_unit_norm_only_when_asked(normalize, layer_norm):
     g = torch.Generator().manual_seed(3)
     parts = {"id": torch.randn(6, 8, generator=g), "text": 3 * torch.randn(6, 8, generator=g)}
-    fusion = AdaptiveFusion(["id", "text"], 8, init={"id": 0.15, "text": 0.8}, dropout=0.1, normalize=normalize,
-                            layer_norm=layer_norm, id_residual=False).eval()
+    fusion = AdaptiveFusion(["id", "text"], 8, init={"id": 0.15, "text": 0.8}, default_init=0.5, dropout=0.1,
+                            normalize=normalize, layer_norm=layer_norm, id_residual=False).eval()
     mixed = 0.15 * parts["id"] + 0.8 * parts["text"]
     expected = mixed
     if layer_norm:
@@ -369,8 +370,8 @@ def test_id_residual_fusion_adds_the_id_part_after_layer_norm_and_dropout_of_the
     g = torch.Generator().manual_seed(4)
     parts = {"text": 3 * torch.randn(6, 8, generator=g), "id": torch.randn(6, 8, generator=g),
              "image": torch.randn(6, 8, generator=g)}
-    fusion = AdaptiveFusion(["text", "id", "image"], 8, init={"id": 1.0, "text": 0.8, "image": 0.1}, dropout=0.5,
-                            normalize=False, layer_norm=True, id_residual=True)
+    fusion = AdaptiveFusion(["text", "id", "image"], 8, init={"id": 1.0, "text": 0.8, "image": 0.1}, default_init=0.5,
+                            dropout=0.5, normalize=False, layer_norm=True, id_residual=True)
     expected = parts["id"] + layer_norm_at_init(0.8 * parts["text"] + 0.1 * parts["image"])
     torch.testing.assert_close(fusion.eval()(parts), expected)
     # in training the dropout zeroes modality coordinates only: where it drops, the ID part is what is left
@@ -419,7 +420,7 @@ def test_item_input_features_and_id_adds_each_items_id_embedding_to_the_first_at
 def test_id_item_graph_adds_the_id_embeddings_averaged_over_each_items_top_k_content_neighbours(
         tiny_synthetic, tmp_path, layers):
     k = 4
-    plain = small_recgoat(tiny_synthetic, tmp_path).eval()
+    plain = small_recgoat(tiny_synthetic, tmp_path, "model.id_item_graph_layers=0").eval()
     with_graph = small_recgoat(tiny_synthetic, tmp_path, f"model.id_item_graph_layers={layers}",
                                f"model.id_item_graph_k={k}").eval()
     with_graph.load_state_dict(plain.state_dict())
@@ -438,6 +439,24 @@ def test_id_item_graph_adds_the_id_embeddings_averaged_over_each_items_top_k_con
         torch.testing.assert_close(b["user"], a["user"])
     with pytest.raises(ValueError, match="model.id_item_graph_layers must be >= 0"):
         small_recgoat(tiny_synthetic, tmp_path, "model.id_item_graph_layers=-1")
+
+
+def test_the_users_item_view_is_their_items_view_summed_with_symmetric_degree_weights(tiny_synthetic, tmp_path):
+    items_only = small_recgoat(tiny_synthetic, tmp_path, "model.id_item_graph_layers=1").eval()
+    both = small_recgoat(tiny_synthetic, tmp_path, "model.id_item_graph_layers=1",
+                         "model.id_item_graph_users=true").eval()
+    both.load_state_dict(items_only.state_dict())
+    # brute force: R^ = D_u^-1/2 R D_i^-1/2 from the training pairs, dense
+    r = torch.from_numpy((tiny_synthetic.train.toarray() > 0).astype("float64"))
+    du, di = r.sum(1).clamp(min=1), r.sum(0).clamp(min=1)
+    r_hat = (r / du.sqrt()[:, None] / di.sqrt()[None, :]).float()
+    with torch.no_grad():
+        a, b = items_only.representations(), both.representations()
+        view = items_only.item_graph(items_only.item_emb)
+        torch.testing.assert_close(b["user"], a["user"] + r_hat @ view, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(b["item"], a["item"])
+    with pytest.raises(ValueError, match="id_item_graph_users=true needs model.id_item_graph_layers > 0"):
+        small_recgoat(tiny_synthetic, tmp_path, "model.id_item_graph_users=true", "model.id_item_graph_layers=0")
 
 
 @pytest.mark.parametrize("init", [0.0, 1.0])

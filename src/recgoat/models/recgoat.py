@@ -5,7 +5,8 @@ See ../shared/docs/method.md. Data flow of one forward pass (all users and items
     x^u --user_encoder(G_uu)--> z^llm_u ---------+ (w_llm z^llm_u added to E_u: layer-0 user embedding)
     E_u, E_i ------------------------------------+--> id_encoder(G_ui) --> z_u, z^id_i
     x^m --item_encoder(G_ii^m)--> z^m_i --OAT map (d T* + Delta^m)--> z~^m_i
-    (id_item_graph_layers=L > 0: z^id_i += (S^L E_i)_i, S the mean of the modalities' kNN graphs, as FREEDOM)
+    (id_item_graph_layers=L > 0: z^id_i += (S^L E_i)_i, S the mean of the modalities' kNN graphs, as FREEDOM;
+     id_item_graph_users: z_u += (R^ S^L E_i)_u, the user's items' view, as MGCN's user side)
     z_i = fusion(z^id_i, z~^m_i) = normalize(dropout(LayerNorm(w_id z^id_i + sum_m w_m z~^m_i)))
     score = <z_u, z_i>    (users=fused: z_u = fusion(z_u, mean of the user's items' z~^m);
                            users=propagated: z_u = fusion(z_u, R^ z~^m), R^ = D_u^-1/2 R D_i^-1/2 as in MGCN)
@@ -56,6 +57,11 @@ def knn_graph(x: np.ndarray, k: int, cache_dir, builder: str, search: KNNSearch)
                                    lambda: knn_adjacency(x, k, symmetric=True, self_loops=True, search=search)))
 
 
+def bipartite_user_item_block(train, n_users: int):
+    """``R^ = D_u^-1/2 R D_i^-1/2``, ``[n_users, n_items]``: the user-item block of the normalised adjacency."""
+    return normalized_bipartite_adjacency(train)[:n_users, n_users:]
+
+
 class RecGOAT(Recommender):
     """RecGOAT recommender. Every part is a component built from its own config node (``conf/model/recgoat.yaml``).
 
@@ -82,6 +88,9 @@ class RecGOAT(Recommender):
             collaborative signal, also before they have many interactions.
         id_item_graph_k: ``k`` of ``S = mean_m D_m^-1/2 A_m D_m^-1/2``, ``A_m`` the directed top-``k`` cosine graph
             of modality ``m`` with the item itself among its ``k`` (FREEDOM's graph: ``S`` averages ``k`` items).
+        id_item_graph_users: with ``L > 0``, the ID branch's users also get the view of their training items,
+            ``z_u += (R^ S^L E_items)_u``, ``R^ = D_u^-1/2 R D_i^-1/2`` (MGCN's user side of its item-item views;
+            design option). Without it only the items carry the view.
         knn_search: how the kNN graphs (item-item and user-user) find neighbours: :class:`ExactKNN` or the
             approximate :class:`IVFKNN`; part of the graph cache key.
         user_encoder: ``(in_dim, dim) -> module`` of the user LM branch, or ``None`` (no user LM branch).
@@ -102,7 +111,7 @@ class RecGOAT(Recommender):
     def __init__(self, dataset: RecDataset, *, embedding_dim: int, reg_weight: float, modalities: list[str] | None,
                  missing_features: str, cache_dir: str | None, backend: str, id_encoder: nn.Module,
                  item_encoder: Callable[..., nn.Module], knn_k: int, item_input: str, id_item_graph_layers: int,
-                 id_item_graph_k: int, knn_search: KNNSearch,
+                 id_item_graph_k: int, id_item_graph_users: bool, knn_search: KNNSearch,
                  user_encoder: Callable[..., nn.Module] | None,
                  user_knn_k: int, user_llm_init: float, cmcl: CMCL | None, oat_map: DimensionTransport | None,
                  oat_w1: SinkhornW1 | None,
@@ -140,10 +149,15 @@ class RecGOAT(Recommender):
             self.item_encoders[m] = item_encoder(in_dim=x.shape[1], dim=d)
             if getattr(self.item_encoders[m], "attention", False):
                 self.graphs[m] = knn_graph(x, knn_k, cache_dir, f"knn-item-{m}", knn_search)
+        if id_item_graph_users and not id_item_graph_layers:
+            raise ValueError("model.id_item_graph_users=true needs model.id_item_graph_layers > 0")
         self.item_graph = None  # FREEDOM's graph, the modalities weighted equally
+        self.item_view_users = None  # R^, the users' side of the view
         if id_item_graph_layers:
             self.item_graph = frozen_item_graph(features, dict.fromkeys(features, 1.0 / len(features)),
                                                 id_item_graph_k, cache_dir)
+            if id_item_graph_users:
+                self.item_view_users = SparseOperator(bipartite_user_item_block(dataset.train, self.n_users))
 
         self.user_encoder = None
         if user_encoder is not None:
@@ -168,8 +182,7 @@ class RecGOAT(Recommender):
         if users == "fused":
             self.user_items = SparseOperator(row_mean(dataset.train))
         elif users == "propagated":
-            r_hat = normalized_bipartite_adjacency(dataset.train)[: self.n_users, self.n_users:]
-            self.user_items = SparseOperator(r_hat)
+            self.user_items = SparseOperator(bipartite_user_item_block(dataset.train, self.n_users))
 
     # ---- representations ------------------------------------------------------------------
     def _graph(self, name: str) -> DeviceCSR | None:
@@ -198,6 +211,8 @@ class RecGOAT(Recommender):
                 for _ in range(self.id_item_graph_layers):
                     h = self.item_graph(h)
                 item_id = item_id + h
+                if self.item_view_users is not None:
+                    users = users + self.item_view_users(h)
         with record_function("recgoat.item_branches"):
             aligned = self.encode_modalities()
         if self.oat_map is not None:

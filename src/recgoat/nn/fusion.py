@@ -20,11 +20,13 @@ class AdaptiveFusion(nn.Module):
         dim: d.
         init: initial weight per name (the authors' ``{id: 0.15, text: 0.8, image: 0.05}``); names not listed
             (e.g. an audio modality) start at ``default_init``; names of absent modalities are ignored.
+        default_init: the initial weight of the modalities ``init`` does not name (no default: ``recgoat``: 0,
+            ``recgoat_spec``: 0.5).
         dropout: dropout after LayerNorm (method.md: 0.1). No default: the presets differ (``recgoat``: 0,
             ``recgoat_spec``: 0.1).
         normalize: the final L2 normalisation of method.md. ``False`` keeps the LayerNorm output's norm, so an
             item's score ``<z_u, z_i>`` can grow with ``||z_i||`` as LightGCN's does. No default, as ``dropout``.
-        layer_norm: the LayerNorm of method.md (default). LayerNorm rescales every item to the same norm
+        layer_norm: the LayerNorm of method.md. LayerNorm rescales every item to the same norm
             (``sqrt(d)`` times its gain), so with ``normalize=False`` the item norm still carries no popularity;
             ``False`` leaves the weighted sum as it is (design option).
         id_residual: add the ID part after LayerNorm and dropout, which then act on the modality parts only
@@ -35,7 +37,7 @@ class AdaptiveFusion(nn.Module):
         input: ``{name: [n, d]}`` for every name; output ``[n, d]``.
     """
 
-    def __init__(self, names: list[str], dim: int, init: dict[str, float], default_init: float = 0.5, *,
+    def __init__(self, names: list[str], dim: int, init: dict[str, float], *, default_init: float,
                  dropout: float, normalize: bool, layer_norm: bool, id_residual: bool):
         super().__init__()
         init = dict(init)
