@@ -569,3 +569,22 @@ def test_fused_users_are_the_fusion_of_their_id_part_and_their_items_mean_modali
             items = torch.as_tensor(train.indices[train.indptr[u]:train.indptr[u + 1]])
             parts = {"id": a["user"][u:u + 1], **{m: z[items].mean(0, keepdim=True) for m, z in a["aligned"].items()}}
             torch.testing.assert_close(b["user"][u:u + 1], plain.fusion(parts), atol=1e-5, rtol=1e-5)
+
+
+def test_item_input_gated_id_gates_each_items_id_embedding_by_its_projected_content(tiny_synthetic, tmp_path):
+    plain = small_recgoat(tiny_synthetic, tmp_path).eval()
+    gated = small_recgoat(tiny_synthetic, tmp_path, "model.item_input=gated_id").eval()
+    gated.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        features_only, out = plain.encode_modalities(), gated.encode_modalities()
+        for m in plain.modalities:
+            encoder = plain.item_encoders[m]
+            assert len(encoder.layers) == 1
+            h0 = plain.item_emb * torch.sigmoid(encoder.proj(getattr(plain, f"x_{m}")))
+            torch.testing.assert_close(out[m], encoder.layers[0](h0, plain.graphs[m]))
+            assert not torch.allclose(out[m], features_only[m])
+    # the ID embeddings get gradient through the modality branch
+    gated.train()
+    gated.item_emb.grad = None
+    sum(z.square().sum() for z in gated.encode_modalities().values()).backward()
+    assert gated.item_emb.grad is not None and gated.item_emb.grad.abs().sum() > 0

@@ -7,8 +7,9 @@
 Per model (a search space in ``conf/leaderboard/space/<model>.yaml``): ``trials`` Optuna trials that train with
 the same budget and score valid only, then the best configuration retrained with seeds ``1..seeds`` and tested
 once at its best valid epoch. Writes ``leaderboard.{md,csv,json,png}`` into ``out_dir`` (settings:
-``conf/leaderboard.yaml``). ``jobs`` > 1 searches models in parallel processes; give each
-``threads_per_job`` torch threads (e.g. ``jobs=2 threads_per_job=1`` on 2 cores, or ``OMP_NUM_THREADS=1``).
+``conf/leaderboard.yaml``). ``jobs`` > 1 searches models in parallel processes; ``model_jobs`` > 1 also runs
+each model's random start-up trials and its seed runs that many at a time (many small runs share one GPU); give
+each run ``threads_per_job`` torch threads (e.g. ``jobs=2 threads_per_job=1`` on 2 cores, or ``OMP_NUM_THREADS=1``).
 """
 from __future__ import annotations
 
@@ -102,9 +103,9 @@ def leaderboard(cfg: DictConfig, dataset: str, dataset_overrides: list[str] = ()
     command's ``dataset.*`` overrides, which every run gets); returns the table's JSON payload."""
     from recgoat.utils.provenance import code_version
 
-    if cfg.trials < 1 or cfg.seeds < 1 or cfg.jobs < 1:
-        raise ValueError(f"trials, seeds and jobs must be >= 1 (got trials={cfg.trials}, seeds={cfg.seeds}, "
-                         f"jobs={cfg.jobs})")
+    if cfg.trials < 1 or cfg.seeds < 1 or cfg.jobs < 1 or cfg.model_jobs < 1:
+        raise ValueError(f"trials, seeds, jobs and model_jobs must be >= 1 (got trials={cfg.trials}, "
+                         f"seeds={cfg.seeds}, jobs={cfg.jobs}, model_jobs={cfg.model_jobs})")
     if cfg.monitor not in cfg.metrics:
         raise ValueError(f"monitor={cfg.monitor} must be one of metrics={list(cfg.metrics)} (the table reports it)")
     out = Path(cfg.out_dir).resolve()
@@ -133,7 +134,9 @@ def leaderboard(cfg: DictConfig, dataset: str, dataset_overrides: list[str] = ()
                     monitor=cfg.monitor, trials=cfg.trials, seeds=cfg.seeds, search_seed=cfg.search_seed,
                     sampler=manifest["sampler"], sampler_seed=cfg.sampler_seed, keep_checkpoints=cfg.keep_checkpoints,
                     defaults_first=cfg.defaults_first,
-                    jobs=cfg.jobs, threads=cfg.threads_per_job or (max(1, cores // cfg.jobs) if cfg.jobs > 1 else None),
+                    jobs=cfg.jobs, model_jobs=cfg.model_jobs,
+                    threads=cfg.threads_per_job or (max(1, cores // (cfg.jobs * cfg.model_jobs))
+                                                    if cfg.jobs * cfg.model_jobs > 1 else None),
                     code_hash=code["code_hash"], data_fingerprint=manifest["data_fingerprint"],
                     total_runs={s.name: cfg.trials + cfg.seeds for s in spaces})
         metrics = [str(m) for m in cfg.metrics]

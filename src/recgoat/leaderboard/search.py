@@ -51,6 +51,7 @@ class Plan:
     defaults_first: bool             # trial 0 of every model: its config's own values of the space's parameters
     jobs: int
     threads: int | None
+    model_jobs: int                  # runs of one model at once (its start-up trials, its seed runs)
     code_hash: str
     data_fingerprint: str
     total_runs: dict = field(default_factory=dict)  # model -> trials + seeds, for the progress line
@@ -207,7 +208,7 @@ def progress(plan: Plan, space: Space, what: str, cost: dict | None) -> None:
         mean = sum(rates) / len(rates)
         remaining = sum((total - status[m][0]) * (status[m][1] / status[m][0] if status[m][0] else mean)
                         for m, total in plan.total_runs.items())
-        left = f", about {remaining / 60 / plan.jobs:.0f} min left"
+        left = f", about {remaining / 60 / (plan.jobs * plan.model_jobs):.0f} min left"
     took = f" in {cost['wall_s']:.0f}s" if cost else ""
     line = (f"[leaderboard] {space.name}: {what}{took} | {done}/{sum(plan.total_runs.values())} runs done, "
             f"{seconds / 60:.1f} min of runs{left}")
@@ -216,11 +217,75 @@ def progress(plan: Plan, space: Space, what: str, cost: dict | None) -> None:
         f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
 
 
-def run_model(plan: Plan, space: Space) -> None:
-    """Search ``space`` to ``plan.trials`` counted trials, then retrain the best with seeds 1..``plan.seeds``."""
-    import optuna
+def _run_in_worker(overrides: list[str], out: Path, threads: int | None) -> dict:
+    """:func:`run_one` in a worker process of its own (``model_jobs`` > 1)."""
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    return run_one(overrides, out)
+
+
+@contextlib.contextmanager
+def run_pool(plan: Plan):
+    """Runs one model's independent runs: in this process (``model_jobs=1``), or ``model_jobs`` at a time in
+    spawned worker processes (fresh interpreters: safe with CUDA and inside a joblib worker)."""
+    if plan.model_jobs == 1:
+        yield None
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(plan.model_jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
+def run_many(pool, jobs: list[tuple[list[str], Path]], threads: int | None):
+    """Yields ``(index, results or the exception it raised)`` of each ``(overrides, out)`` as it ends."""
+    if pool is None:
+        for i, (overrides, out) in enumerate(jobs):
+            try:
+                yield i, run_one(overrides, out)
+            except Exception as e:  # noqa: BLE001 - handed to the caller, which records it
+                yield i, e
+        return
+    from concurrent.futures import as_completed
+    futures = {pool.submit(_run_in_worker, overrides, out, threads): i for i, (overrides, out) in enumerate(jobs)}
+    for future in as_completed(futures):
+        error = future.exception()
+        yield futures[future], error if error is not None else future.result()
+
+
+def independent_trials(plan: Plan, n_done: int) -> int:
+    """How many of the next trials can run at once without changing what they ask: the sampler's random
+    start-up trials (each asked by a sampler seeded by its position alone), never past ``trials``."""
+    startup = int(plan.sampler.get("n_startup_trials", 0))
+    return max(1, min(plan.model_jobs, plan.trials - n_done, startup - n_done))
+
+
+def ask_trial(plan: Plan, study, space: Space, position: int):
+    """Asks the trial at ``position`` (counted trials before it) with a sampler seeded by that position, so
+    the same history asks the same trial; returns ``(trial, overrides, run folder)``."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
+    study.sampler = instantiate(OmegaConf.create(plan.sampler))(seed=plan.sampler_seed + position)
+    trial = study.ask()
+    values = suggest(trial, space.params)
+    killed = [t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("killed")
+              and t.params == values]
+    if killed and "fixed_params" in trial.system_attrs:  # an enqueued retry
+        trial.set_user_attr("retry_of", killed[-1])
+    params = as_overrides(values)
+    out = trial_dir(plan, space, trial.number)
+    shutil.rmtree(out, ignore_errors=True)  # a number is never reused; a leftover would be a killed trial's
+    trial.set_user_attr("overrides", params)
+    trial.set_user_attr("run_dir", str(out.relative_to(plan.out_dir)))
+    return trial, params, out
+
+
+def run_model(plan: Plan, space: Space) -> None:
+    """Search ``space`` to ``plan.trials`` counted trials, then retrain the best with seeds 1..``plan.seeds``.
+    With ``model_jobs`` > 1 the random start-up trials, then the seed runs, run that many at a time; they ask
+    and give what one at a time would."""
+    import optuna
 
     if plan.threads:
         import torch
@@ -233,54 +298,50 @@ def run_model(plan: Plan, space: Space) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.enqueue_trial(default_values(plan, space))
-    while (n_done := len(counted_trials(study))) < plan.trials:
-        # a fresh sampler seeded by the number of completed trials: the same history asks the same next trial
-        study.sampler = instantiate(OmegaConf.create(plan.sampler))(seed=plan.sampler_seed + n_done)
-        trial = study.ask()
-        values = suggest(trial, space.params)
-        killed = [t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("killed")
-                  and t.params == values]
-        if killed and "fixed_params" in trial.system_attrs:  # an enqueued retry
-            trial.set_user_attr("retry_of", killed[-1])
-        params = as_overrides(values)
-        out = trial_dir(plan, space, trial.number)
-        shutil.rmtree(out, ignore_errors=True)  # a number is never reused; a leftover would be a killed trial's
-        trial.set_user_attr("overrides", params)
-        trial.set_user_attr("run_dir", str(out.relative_to(plan.out_dir)))
-        try:
-            results = run_one(run_overrides(plan, space, params, plan.search_seed, False, out), out)
-        except Exception as e:  # the budget was spent; the next trial goes on (the table counts failures)
-            log.exception("%s: trial %d raised", space.name, trial.number)
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:2000])
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            progress(plan, space, f"trial {trial.number} failed ({type(e).__name__})", None)
-            continue
-        assert results["test"] is None, "a search trial scored the test split"
-        trial.set_user_attr("cost", results["cost"])
-        trial.set_user_attr("best_epoch", results["best_epoch"])
-        trial.set_user_attr("epochs", results["timings"]["epochs"])
-        trial.set_user_attr("valid", results["valid"])
-        study.tell(trial, results["valid"][plan.monitor])
-        if not plan.keep_checkpoints:
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        best = best_trial(study)
-        progress(plan, space, f"trial {n_done + 1}/{plan.trials} valid {plan.monitor} "
-                              f"{results['valid'][plan.monitor]:.4f} (best {best.value:.4f})", results["cost"])
+    with run_pool(plan) as pool:
+        while (n_done := len(counted_trials(study))) < plan.trials:
+            asked = [ask_trial(plan, study, space, n_done + j) for j in range(independent_trials(plan, n_done))]
+            jobs = [(run_overrides(plan, space, params, plan.search_seed, False, out), out) for _, params, out in asked]
+            for i, results in run_many(pool, jobs, plan.threads):
+                trial, _, out = asked[i]
+                if isinstance(results, Exception):  # the budget was spent; the next trial goes on (the table counts it)
+                    log.error("%s: trial %d raised", space.name, trial.number, exc_info=results)
+                    trial.set_user_attr("error", f"{type(results).__name__}: {results}"[:2000])
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    progress(plan, space, f"trial {trial.number} failed ({type(results).__name__})", None)
+                    continue
+                assert results["test"] is None, "a search trial scored the test split"
+                trial.set_user_attr("cost", results["cost"])
+                trial.set_user_attr("best_epoch", results["best_epoch"])
+                trial.set_user_attr("epochs", results["timings"]["epochs"])
+                trial.set_user_attr("valid", results["valid"])
+                study.tell(trial, results["valid"][plan.monitor])
+                if not plan.keep_checkpoints:
+                    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+                best = best_trial(study)
+                progress(plan, space, f"trial {len(counted_trials(study))}/{plan.trials} valid {plan.monitor} "
+                                      f"{results['valid'][plan.monitor]:.4f} (best {best.value:.4f})", results["cost"])
 
-    best = best_trial(study)
-    if best is None:
-        progress(plan, space, "no trial completed; no seed runs", None)
-        return
-    params = best.user_attrs["overrides"]
-    folder = best_dir(plan, space, params)
-    for seed in range(1, plan.seeds + 1):
-        out = folder / f"seed_{seed}"
-        overrides = run_overrides(plan, space, params, seed, True, out)
-        if (out / "results.json").is_file():
-            check_reused(plan, out / "results.json", json.loads((out / "results.json").read_text()), overrides)
-            continue
-        shutil.rmtree(out, ignore_errors=True)  # killed before its results: started again
-        results = run_one(overrides, out)
-        (out / "cost.json").write_text(json.dumps(results["cost"]) + "\n")
-        progress(plan, space, f"seed {seed}/{plan.seeds} test {plan.monitor} {results['test'][plan.monitor]:.4f}",
-                 results["cost"])
+        best = best_trial(study)
+        if best is None:
+            progress(plan, space, "no trial completed; no seed runs", None)
+            return
+        params = best.user_attrs["overrides"]
+        folder = best_dir(plan, space, params)
+        jobs = []
+        for seed in range(1, plan.seeds + 1):
+            out = folder / f"seed_{seed}"
+            overrides = run_overrides(plan, space, params, seed, True, out)
+            if (out / "results.json").is_file():
+                check_reused(plan, out / "results.json", json.loads((out / "results.json").read_text()), overrides)
+                continue
+            shutil.rmtree(out, ignore_errors=True)  # killed before its results: started again
+            jobs.append((overrides, out))
+        for i, results in run_many(pool, jobs, plan.threads):
+            if isinstance(results, Exception):
+                raise results
+            out = jobs[i][1]
+            (out / "cost.json").write_text(json.dumps(results["cost"]) + "\n")
+            seed = int(out.name.removeprefix("seed_"))
+            progress(plan, space, f"seed {seed}/{plan.seeds} test {plan.monitor} "
+                                  f"{results['test'][plan.monitor]:.4f}", results["cost"])

@@ -47,7 +47,7 @@ from recgoat.nn import (
 log = logging.getLogger(__name__)
 
 USER_FUSIONS = ("id", "fused", "propagated")
-ITEM_INPUTS = ("features", "features_and_id")
+ITEM_INPUTS = ("features", "features_and_id", "gated_id")
 ALIGN_TARGETS = ("trainable", "detached")
 
 
@@ -81,7 +81,9 @@ class RecGOAT(Recommender):
         knn_k: neighbours per item of the item-item kNN graphs.
         item_input: ``features``: a modality branch encodes ``W_m x^m + b`` (method.md); ``features_and_id``:
             ``W_m x^m + b + E_i``, so its graph attention also spreads the items' ID embeddings over the modality's
-            kNN graph, as FREEDOM's and MGCN's item-item views do (design option).
+            kNN graph, as FREEDOM's and MGCN's item-item views do (design option); ``gated_id``:
+            ``E_i * sigmoid(W_m x^m + b)``, the ID embedding gated by the item's content (MGCN's behaviour-guided
+            purifier), so the branch's graph attention spreads content-filtered collaborative signal (design option).
         id_item_graph_layers: ``L``; with ``L > 0`` the ID branch's items also carry their ID embeddings
             propagated ``L`` steps over the modalities' item kNN graphs, ``z^id = LightGCN(E)_items + S^L E_items``
             (FREEDOM's frozen item-item view; design option, 0: off). Items alike in content then share
@@ -191,7 +193,9 @@ class RecGOAT(Recommender):
     def encode_modalities(self) -> dict[str, Tensor]:
         """``z^m`` for every item, ``{m: [n_items, d]}``."""
         h0_add = self.item_emb if self.item_input == "features_and_id" else None
-        return {m: self.item_encoders[m](getattr(self, f"x_{m}"), self._graph(m), h0_add) for m in self.modalities}
+        h0_gated = self.item_emb if self.item_input == "gated_id" else None
+        return {m: self.item_encoders[m](getattr(self, f"x_{m}"), self._graph(m), h0_add, h0_gated)
+                for m in self.modalities}
 
     def representations(self) -> dict[str, Tensor | dict[str, Tensor]]:
         """All final representations: ``user``, ``item`` (fused), ``item_id``, ``aligned`` per modality."""
