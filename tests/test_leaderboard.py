@@ -275,14 +275,14 @@ def test_a_models_start_up_trials_and_seeds_in_parallel_processes_give_the_seque
         sequential = board(tmp_path / "one", *args)
     finally:
         torch.set_num_threads(threads)
-    parallel = board(tmp_path / "two", *args, "model_jobs=3")
-    (a,), (b,) = sequential["rows"], parallel["rows"]
+    parallel = board(tmp_path / "two", *args, "model_jobs=3", "jobs=2", "models=[lightgcn,vbpr]")  # nested pools
+    (a,), (b, _) = sequential["rows"], parallel["rows"]
     assert (a["best_params"], a["search_valid"], a["test"]) == (b["best_params"], b["search_valid"], b["test"])
-    assert b["status"] == "done"
+    assert [r["status"] for r in parallel["rows"]] == ["done", "done"]
     # the same trials were asked (trial 0: the default; 1, 2: the sampler seeded by their position)
     assert [t.params for t in trials_of(tmp_path / "one", "lightgcn")] == \
            [t.params for t in trials_of(tmp_path / "two", "lightgcn")]
     lines = (tmp_path / "two" / "progress.log").read_text().splitlines()
-    assert len(lines) == 5 and lines[-1].split("| ")[1].startswith("5/5 runs done")
+    assert len(lines) == 10 and lines[-1].split("| ")[1].startswith("10/10 runs done")
     with pytest.raises(ValueError, match="model_jobs must be >= 1"):
         board(tmp_path / "three", *args, "model_jobs=0")

@@ -228,13 +228,14 @@ def _run_in_worker(overrides: list[str], out: Path, threads: int | None) -> dict
 @contextlib.contextmanager
 def run_pool(plan: Plan):
     """Runs one model's independent runs: in this process (``model_jobs=1``), or ``model_jobs`` at a time in
-    spawned worker processes (fresh interpreters: safe with CUDA and inside a joblib worker)."""
+    worker processes (fresh interpreters: safe with CUDA)."""
     if plan.model_jobs == 1:
         yield None
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    with ProcessPoolExecutor(plan.model_jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # loky's executor: fresh interpreters, and it also starts them from inside a joblib (loky) worker (jobs > 1),
+    # where the standard library's spawn context fails
+    from joblib.externals.loky.process_executor import ProcessPoolExecutor
+    with ProcessPoolExecutor(plan.model_jobs) as pool:
         yield pool
 
 
@@ -247,10 +248,12 @@ def run_many(pool, jobs: list[tuple[list[str], Path]], threads: int | None):
             except Exception as e:  # noqa: BLE001 - handed to the caller, which records it
                 yield i, e
         return
-    from concurrent.futures import as_completed
+    from concurrent.futures import BrokenExecutor, as_completed
     futures = {pool.submit(_run_in_worker, overrides, out, threads): i for i, (overrides, out) in enumerate(jobs)}
     for future in as_completed(futures):
         error = future.exception()
+        if isinstance(error, BrokenExecutor):  # a worker died (not the run): no budget was spent, stop here
+            raise LeaderboardError(f"a worker process of model_jobs={len(futures)} died: {error}") from error
         yield futures[future], error if error is not None else future.result()
 
 
