@@ -399,19 +399,29 @@ def test_propagated_users_are_fused_with_the_symmetrically_normalised_sum_of_the
             torch.testing.assert_close(b["user"][u:u + 1], plain.fusion(parts), atol=1e-5, rtol=1e-5)
 
 
-def test_item_input_features_and_id_adds_each_items_id_embedding_to_the_first_attention_layers_input(
-        tiny_synthetic, tmp_path):
+# the first attention layer's input h0 of each item_input, from the projection W x^m + b and the ID embeddings E
+ITEM_INPUT_H0 = {"features_and_id": lambda projected, ids: projected + ids,        # FREEDOM's / MGCN's item view
+                 "gated_id": lambda projected, ids: ids * torch.sigmoid(projected)}  # MGCN's purifier
+
+
+@pytest.mark.parametrize("item_input", sorted(ITEM_INPUT_H0))
+def test_item_input_brings_each_items_id_embedding_into_the_first_attention_layers_input(
+        tiny_synthetic, tmp_path, item_input):
     plain = small_recgoat(tiny_synthetic, tmp_path).eval()
-    with_id = small_recgoat(tiny_synthetic, tmp_path, "model.item_input=features_and_id").eval()
+    with_id = small_recgoat(tiny_synthetic, tmp_path, f"model.item_input={item_input}").eval()
     with_id.load_state_dict(plain.state_dict())
     with torch.no_grad():
         features_only, both = plain.encode_modalities(), with_id.encode_modalities()
         for m in plain.modalities:
             encoder = plain.item_encoders[m]
             assert len(encoder.layers) == 1
-            h0 = encoder.proj(getattr(plain, f"x_{m}")) + plain.item_emb
+            h0 = ITEM_INPUT_H0[item_input](encoder.proj(getattr(plain, f"x_{m}")), plain.item_emb)
             torch.testing.assert_close(both[m], encoder.layers[0](h0, plain.graphs[m]))
             assert not torch.allclose(both[m], features_only[m])
+    # the ID embeddings get gradient through the modality branch
+    with_id.train()
+    sum(z.square().sum() for z in with_id.encode_modalities().values()).backward()
+    assert with_id.item_emb.grad is not None and with_id.item_emb.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="model.item_input must be one of"):
         small_recgoat(tiny_synthetic, tmp_path, "model.item_input=ids")
 
@@ -570,21 +580,3 @@ def test_fused_users_are_the_fusion_of_their_id_part_and_their_items_mean_modali
             parts = {"id": a["user"][u:u + 1], **{m: z[items].mean(0, keepdim=True) for m, z in a["aligned"].items()}}
             torch.testing.assert_close(b["user"][u:u + 1], plain.fusion(parts), atol=1e-5, rtol=1e-5)
 
-
-def test_item_input_gated_id_gates_each_items_id_embedding_by_its_projected_content(tiny_synthetic, tmp_path):
-    plain = small_recgoat(tiny_synthetic, tmp_path).eval()
-    gated = small_recgoat(tiny_synthetic, tmp_path, "model.item_input=gated_id").eval()
-    gated.load_state_dict(plain.state_dict())
-    with torch.no_grad():
-        features_only, out = plain.encode_modalities(), gated.encode_modalities()
-        for m in plain.modalities:
-            encoder = plain.item_encoders[m]
-            assert len(encoder.layers) == 1
-            h0 = plain.item_emb * torch.sigmoid(encoder.proj(getattr(plain, f"x_{m}")))
-            torch.testing.assert_close(out[m], encoder.layers[0](h0, plain.graphs[m]))
-            assert not torch.allclose(out[m], features_only[m])
-    # the ID embeddings get gradient through the modality branch
-    gated.train()
-    gated.item_emb.grad = None
-    sum(z.square().sum() for z in gated.encode_modalities().values()).backward()
-    assert gated.item_emb.grad is not None and gated.item_emb.grad.abs().sum() > 0
