@@ -269,20 +269,24 @@ def test_models_in_parallel_processes_give_the_sequential_leaderboard(tmp_path):
 
 def test_a_models_start_up_trials_and_seeds_in_parallel_processes_give_the_sequential_leaderboard(tmp_path):
     import torch
-    args = ("models=[lightgcn]", "trials=3", "seeds=2", TINY_RUN, "budget.max_epochs=3", "threads_per_job=1")
+    args = ("trials=3", "seeds=2", TINY_RUN, "budget.max_epochs=3", "threads_per_job=1")
     threads = torch.get_num_threads()
     try:
-        sequential = board(tmp_path / "one", *args)
+        sequential = board(tmp_path / "one", "models=[lightgcn]", *args)
+        in_main = board(tmp_path / "two", "models=[lightgcn]", *args, "model_jobs=3")  # a pool in this process
     finally:
         torch.set_num_threads(threads)
-    parallel = board(tmp_path / "two", *args, "model_jobs=3", "jobs=2", "models=[lightgcn,vbpr]")  # nested pools
-    (a,), (b, _) = sequential["rows"], parallel["rows"]
-    assert (a["best_params"], a["search_valid"], a["test"]) == (b["best_params"], b["search_valid"], b["test"])
-    assert [r["status"] for r in parallel["rows"]] == ["done", "done"]
+    nested = board(tmp_path / "three", "models=[lightgcn,vbpr]", *args, "model_jobs=3", "jobs=2")  # in a joblib worker
+    (a,), (b,), (c, _) = sequential["rows"], in_main["rows"], nested["rows"]
+    for row in (b, c):
+        assert [a[k] for k in ("best_params", "search_valid", "test")] == \
+               [row[k] for k in ("best_params", "search_valid", "test")]
+    assert [r["status"] for r in nested["rows"]] == ["done", "done"]
     # the same trials were asked (trial 0: the default; 1, 2: the sampler seeded by their position)
-    assert [t.params for t in trials_of(tmp_path / "one", "lightgcn")] == \
-           [t.params for t in trials_of(tmp_path / "two", "lightgcn")]
-    lines = (tmp_path / "two" / "progress.log").read_text().splitlines()
+    for folder in ("two", "three"):
+        assert [t.params for t in trials_of(tmp_path / "one", "lightgcn")] == \
+               [t.params for t in trials_of(tmp_path / folder, "lightgcn")]
+    lines = (tmp_path / "three" / "progress.log").read_text().splitlines()
     assert len(lines) == 10 and lines[-1].split("| ")[1].startswith("10/10 runs done")
     with pytest.raises(ValueError, match="model_jobs must be >= 1"):
-        board(tmp_path / "three", *args, "model_jobs=0")
+        board(tmp_path / "four", "models=[lightgcn]", *args, "model_jobs=0")
