@@ -2,6 +2,7 @@
 # Runs a list of `python -m recgoat.run` commands on one GPU, PARALLEL at a time (issue 18's diagnosis on a
 # lent GPU machine; small models leave an H200 mostly idle, so many runs share it). One torch thread per run.
 #   bash experiments/gpu/runs.sh RUNS_FILE PARALLEL RESULTS_DIR [LIMIT_S]
+#   TRAINER=default PY=.venv/bin/python bash experiments/gpu/runs.sh ...    # the same on the CPU
 # RUNS_FILE: one run a line, `<name> <override> ...` ('#' lines skipped). Each run writes RESULTS_DIR/<name>/
 # (results.json, run.log); RESULTS_DIR/summary.tsv gets a row per finished run (valid and test at the best
 # valid epoch). Runs still going after LIMIT_S seconds are stopped (their rows are missing, not guessed).
