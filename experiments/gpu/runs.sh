@@ -16,7 +16,7 @@ run_one() {
   local dir=$results/$name
   [ -f "$dir/results.json" ] && return 0
   mkdir -p "$dir"
-  OMP_NUM_THREADS=1 timeout "$limit" "$PY" -m recgoat.run trainer=${TRAINER:-gpu} logger=none trainer.enable_progress_bar=false \
+  OMP_NUM_THREADS=1 timeout "$limit" "$PY" -m recgoat.run "trainer=$TRAINER" logger=none trainer.enable_progress_bar=false \
     "hydra.run.dir=$dir" "$@" > "$dir/run.log" 2>&1 || echo "$name failed or stopped (rc $?)" >&2
 }
 export -f run_one; export results limit PY TRAINER

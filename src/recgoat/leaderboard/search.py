@@ -331,7 +331,7 @@ def run_model(plan: Plan, space: Space) -> None:
             return
         params = best.user_attrs["overrides"]
         folder = best_dir(plan, space, params)
-        jobs = []
+        seeds, jobs = [], []
         for seed in range(1, plan.seeds + 1):
             out = folder / f"seed_{seed}"
             overrides = run_overrides(plan, space, params, seed, True, out)
@@ -339,12 +339,11 @@ def run_model(plan: Plan, space: Space) -> None:
                 check_reused(plan, out / "results.json", json.loads((out / "results.json").read_text()), overrides)
                 continue
             shutil.rmtree(out, ignore_errors=True)  # killed before its results: started again
+            seeds.append(seed)
             jobs.append((overrides, out))
         for i, results in run_many(pool, jobs, plan.threads):
             if isinstance(results, Exception):
                 raise results
-            out = jobs[i][1]
-            (out / "cost.json").write_text(json.dumps(results["cost"]) + "\n")
-            seed = int(out.name.removeprefix("seed_"))
-            progress(plan, space, f"seed {seed}/{plan.seeds} test {plan.monitor} "
+            (jobs[i][1] / "cost.json").write_text(json.dumps(results["cost"]) + "\n")
+            progress(plan, space, f"seed {seeds[i]}/{plan.seeds} test {plan.monitor} "
                                   f"{results['test'][plan.monitor]:.4f}", results["cost"])
