@@ -434,14 +434,10 @@ def test_id_item_graph_adds_the_id_embeddings_averaged_over_each_items_top_k_con
     with_graph = small_recgoat(tiny_synthetic, tmp_path, f"model.id_item_graph_layers={layers}",
                                f"model.id_item_graph_k={k}").eval()
     with_graph.load_state_dict(plain.state_dict())
-    # brute force: each item averages its k most cosine-similar items (itself the first), mean over modalities
-    s = 0
-    for m in plain.modalities:
+    for m in plain.modalities:  # each item is its own nearest neighbour, so it is among its k
         x = F.normalize(getattr(plain, f"x_{m}").double(), dim=1)
-        top = (x @ x.T).topk(k, dim=1).indices
-        assert bool((top[:, 0] == torch.arange(len(x))).all())
-        s = s + torch.zeros(len(x), len(x), dtype=torch.float64).scatter_(1, top, 1.0 / k)
-    s = (s / len(plain.modalities)).float()
+        assert bool(((x @ x.T).argmax(1) == torch.arange(len(x))).all())
+    s = dense_item_view(plain, k)
     with torch.no_grad():
         a, b = plain.representations(), with_graph.representations()
         propagated = torch.linalg.matrix_power(s, layers) @ plain.item_emb
@@ -456,10 +452,7 @@ def test_the_users_item_view_is_their_items_view_summed_with_symmetric_degree_we
     both = small_recgoat(tiny_synthetic, tmp_path, "model.id_item_graph_layers=1",
                          "model.id_item_graph_users=true").eval()
     both.load_state_dict(items_only.state_dict())
-    # brute force: R^ = D_u^-1/2 R D_i^-1/2 from the training pairs, dense
-    r = torch.from_numpy((tiny_synthetic.train.toarray() > 0).astype("float64"))
-    du, di = r.sum(1).clamp(min=1), r.sum(0).clamp(min=1)
-    r_hat = (r / du.sqrt()[:, None] / di.sqrt()[None, :]).float()
+    r_hat = dense_r_hat(tiny_synthetic)
     with torch.no_grad():
         a, b = items_only.representations(), both.representations()
         view = items_only.item_graph(items_only.item_emb)
@@ -467,6 +460,87 @@ def test_the_users_item_view_is_their_items_view_summed_with_symmetric_degree_we
         torch.testing.assert_close(b["item"], a["item"])
     with pytest.raises(ValueError, match="id_item_graph_users=true needs model.id_item_graph_layers > 0"):
         small_recgoat(tiny_synthetic, tmp_path, "model.id_item_graph_users=true", "model.id_item_graph_layers=0")
+
+
+def dense_item_view(model: RecGOAT, k: int) -> torch.Tensor:
+    """Brute-force ``S``: each item averages its ``k`` most cosine-similar items, mean over the modalities."""
+    s = 0
+    for m in model.modalities:
+        x = F.normalize(getattr(model, f"x_{m}").double(), dim=1)
+        top = (x @ x.T).topk(k, dim=1).indices
+        s = s + torch.zeros(len(x), len(x), dtype=torch.float64).scatter_(1, top, 1.0 / k)
+    return (s / len(model.modalities)).float()
+
+
+def dense_r_hat(dataset) -> torch.Tensor:
+    """Brute-force ``R^ = D_u^-1/2 R D_i^-1/2`` from the training pairs."""
+    r = torch.from_numpy((dataset.train.toarray() > 0).astype("float64"))
+    du, di = r.sum(1).clamp(min=1), r.sum(0).clamp(min=1)
+    return (r / du.sqrt()[:, None] / di.sqrt()[None, :]).float()
+
+
+def test_the_gated_item_view_spreads_the_id_embeddings_times_a_content_gate(tiny_synthetic, tmp_path):
+    k = 4
+    no_view = small_recgoat(tiny_synthetic, tmp_path, "model.id_item_graph_layers=0").eval()
+    gated = small_recgoat(tiny_synthetic, tmp_path, "model.id_item_graph_layers=1", f"model.id_item_graph_k={k}",
+                          "model.id_item_graph_gate=true").eval()
+    gated.load_state_dict(no_view.state_dict(), strict=False)  # the gates are the only extra parameters
+    with torch.no_grad():
+        gate = torch.sigmoid(sum(F.linear(getattr(gated, f"x_{m}"), lin.weight, lin.bias)
+                                 for m, lin in gated.item_graph_gates.items()))
+        expected = no_view.representations()["item_id"] + dense_item_view(gated, k) @ (gated.item_emb * gate)
+        torch.testing.assert_close(gated.representations()["item_id"], expected, atol=1e-5, rtol=1e-5)
+    batch = next(iter(BPRBatches(tiny_synthetic, batch_size=64, seed=0, epoch_fn=lambda: 0)))
+    gated.train()
+    gated.loss(batch)["loss"].backward()
+    assert all(float(p.grad.abs().sum()) > 0 for p in gated.item_graph_gates.parameters())
+    with pytest.raises(ValueError, match="id_item_graph_gate=true needs model.id_item_graph_layers > 0"):
+        small_recgoat(tiny_synthetic, tmp_path, "model.id_item_graph_gate=true", "model.id_item_graph_layers=0")
+
+
+def test_view_cl_is_infonce_between_the_two_views_of_the_id_embeddings_over_the_batch_rows(tiny_synthetic, tmp_path):
+    k, weight, tau = 4, 0.5, 0.3
+    common = ("model.id_item_graph_layers=1", f"model.id_item_graph_k={k}", "model.cmcl=null", "model.oat_w1=null")
+    plain = small_recgoat(tiny_synthetic, tmp_path, *common).eval()
+    with_cl = small_recgoat(tiny_synthetic, tmp_path, *common,
+                            f"model.view_cl={{_target_:recgoat.nn.CMCL,weight:{weight},tau:{tau}}}").eval()
+    with_cl.load_state_dict(plain.state_dict())
+    no_view = small_recgoat(tiny_synthetic, tmp_path, "model.id_item_graph_layers=0").eval()
+    no_view.load_state_dict(plain.state_dict(), strict=False)
+    batch = next(iter(BPRBatches(tiny_synthetic, batch_size=64, seed=0, epoch_fn=lambda: 0)))
+    with torch.no_grad():
+        ref = no_view.representations()  # the user-item graph's view alone: LightGCN's users and items
+        ii_item = dense_item_view(plain, k) @ plain.item_emb
+        ii_user = dense_r_hat(tiny_synthetic) @ ii_item
+        u, i = batch["user"], batch["pos"]
+        expected = info_nce(ii_item[i], ref["item_id"][i], tau) + info_nce(ii_user[u], ref["user"][u], tau)
+        out, base = with_cl.loss(batch), plain.loss(batch)
+    torch.testing.assert_close(out["view_cl"], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["loss"], base["loss"] + weight * expected, atol=1e-5, rtol=1e-5)
+    # the users' view enters the loss only, not the users' representation (that is id_item_graph_users)
+    torch.testing.assert_close(with_cl.representations()["user"], ref["user"])
+    with pytest.raises(ValueError, match="model.view_cl needs model.id_item_graph_layers > 0"):
+        small_recgoat(tiny_synthetic, tmp_path, "model.id_item_graph_layers=0",
+                      "model.view_cl={_target_:recgoat.nn.CMCL,weight:0.1,tau:0.2}")
+
+
+def test_user_cmcl_pulls_each_users_modality_views_towards_the_fused_user(tiny_synthetic, tmp_path):
+    common = ("model.users=propagated", "model.oat_w1=null")
+    plain = small_recgoat(tiny_synthetic, tmp_path, *common).eval()
+    both = small_recgoat(tiny_synthetic, tmp_path, *common, "model.cmcl_users=true").eval()
+    both.load_state_dict(plain.state_dict())
+    batch = next(iter(BPRBatches(tiny_synthetic, batch_size=64, seed=0, epoch_fn=lambda: 0)))
+    with torch.no_grad():
+        reps = plain.representations()
+        users = torch.unique(batch["user"])
+        r_hat = dense_r_hat(tiny_synthetic)
+        views = {m: (r_hat @ z)[users] for m, z in reps["aligned"].items()}
+        expected = cmcl_loss(views, reps["user"][users], plain.cmcl.tau)
+        out, base = both.loss(batch), plain.loss(batch)
+    torch.testing.assert_close(out["cmcl_users"], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["cmcl"], base["cmcl"] + expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="model.cmcl_users=true needs model.cmcl and model.users=fused or propagated"):
+        small_recgoat(tiny_synthetic, tmp_path, "model.cmcl_users=true")
 
 
 @pytest.mark.parametrize("init", [0.0, 1.0])

@@ -6,12 +6,15 @@ See ../shared/docs/method.md. Data flow of one forward pass (all users and items
     E_u, E_i ------------------------------------+--> id_encoder(G_ui) --> z_u, z^id_i
     x^m --item_encoder(G_ii^m)--> z^m_i --OAT map (d T* + Delta^m)--> z~^m_i
     (id_item_graph_layers=L > 0: z^id_i += (S^L E_i)_i, S the mean of the modalities' kNN graphs, as FREEDOM;
-     id_item_graph_users: z_u += (R^ S^L E_i)_u, the user's items' view, as MGCN's user side)
+     id_item_graph_users: z_u += (R^ S^L E_i)_u, the user's items' view, as MGCN's user side;
+     id_item_graph_gate: S^L (E_i * sigmoid(sum_m W_m x^m + b)) instead, MGCN's purifier)
     z_i = fusion(z^id_i, z~^m_i) = normalize(dropout(LayerNorm(w_id z^id_i + sum_m w_m z~^m_i)))
     score = <z_u, z_i>    (users=fused: z_u = fusion(z_u, mean of the user's items' z~^m);
                            users=propagated: z_u = fusion(z_u, R^ z~^m), R^ = D_u^-1/2 R D_i^-1/2 as in MGCN)
 
     loss = BPR + reg * EmbLoss(ego) + lambda_cl * CMCL(z~^m, z) + lambda_ot * sum_m S_eps(z~^m, z^id)
+           (+ lambda_cl * CMCL(R^ z~^m, z_u) with cmcl_users; + lambda_v * (InfoNCE(S^L E, LightGCN items)
+            + InfoNCE(R^ S^L E, LightGCN users)) with view_cl, MGCN's contrastive term)
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ from recgoat.nn import (
     bpr_loss,
     check_backend,
     embedding_norm_penalty,
+    info_nce,
 )
 
 log = logging.getLogger(__name__)
@@ -93,6 +97,12 @@ class RecGOAT(Recommender):
         id_item_graph_users: with ``L > 0``, the ID branch's users also get the view of their training items,
             ``z_u += (R^ S^L E_items)_u``, ``R^ = D_u^-1/2 R D_i^-1/2`` (MGCN's user side of its item-item views;
             design option). Without it only the items carry the view.
+        id_item_graph_gate: the view spreads ``E_i * sigmoid(sum_m W_m x^m + b)`` instead of ``E_i``, the ID
+            embeddings gated by the item's content (MGCN's behaviour-guided purifier; design option).
+        view_cl: with ``L > 0``, an InfoNCE term (:class:`CMCL` gives its weight and temperature) between the two
+            views of the ID embeddings over the batch's rows, duplicates included: the items' ``S^L E`` against
+            their LightGCN output, the users' ``R^ S^L E`` against theirs (MGCN's contrastive term between its
+            item-item and user-item views; design option), or ``None``.
         knn_search: how the kNN graphs (item-item and user-user) find neighbours: :class:`ExactKNN` or the
             approximate :class:`IVFKNN`; part of the graph cache key.
         user_encoder: ``(in_dim, dim) -> module`` of the user LM branch, or ``None`` (no user LM branch).
@@ -108,6 +118,8 @@ class RecGOAT(Recommender):
             like items, from their ID output and the mean of their training items' aligned modalities;
             ``propagated``: the same with the symmetrically normalised aggregate ``R^ z~^m`` of the user's
             items (MGCN's user side of its item-item views; design option).
+        cmcl_users: with ``users`` fused or propagated, CMCL also pulls each user's modality views (``R^ z~^m`` or
+            the mean) towards the fused user, over the batch's distinct users (design option).
     """
 
     def __init__(self, dataset: RecDataset, *, embedding_dim: int, reg_weight: float, modalities: list[str] | None,
@@ -117,7 +129,8 @@ class RecGOAT(Recommender):
                  user_encoder: Callable[..., nn.Module] | None,
                  user_knn_k: int, user_llm_init: float, cmcl: CMCL | None, oat_map: DimensionTransport | None,
                  oat_w1: SinkhornW1 | None,
-                 fusion: Callable[..., AdaptiveFusion], align_to: str, users: str):
+                 fusion: Callable[..., AdaptiveFusion], align_to: str, users: str, cmcl_users: bool,
+                 view_cl: CMCL | None, id_item_graph_gate: bool):
         super().__init__(dataset.n_users, dataset.n_items)
         check_backend(backend)  # fails now, at start-up, if DGL is selected and missing
         if users not in USER_FUSIONS:
@@ -155,10 +168,19 @@ class RecGOAT(Recommender):
             raise ValueError("model.id_item_graph_users=true needs model.id_item_graph_layers > 0")
         self.item_graph = None  # FREEDOM's graph, the modalities weighted equally
         self.item_view_users = None  # R^, the users' side of the view
+        if view_cl is not None and not id_item_graph_layers:
+            raise ValueError("model.view_cl needs model.id_item_graph_layers > 0 (the item-item view it contrasts)")
+        self.view_cl = view_cl
+        self.id_item_graph_users = id_item_graph_users
+        self.item_graph_gates = None  # content gates of the ID embeddings before the view (MGCN's purifier)
+        if id_item_graph_gate:
+            if not id_item_graph_layers:
+                raise ValueError("model.id_item_graph_gate=true needs model.id_item_graph_layers > 0")
+            self.item_graph_gates = nn.ModuleDict({m: nn.Linear(x.shape[1], d) for m, x in features.items()})
         if id_item_graph_layers:
             self.item_graph = frozen_item_graph(features, dict.fromkeys(features, 1.0 / len(features)),
                                                 id_item_graph_k, cache_dir)
-            if id_item_graph_users:
+            if id_item_graph_users or view_cl is not None:
                 self.item_view_users = SparseOperator(bipartite_user_item_block(dataset.train, self.n_users))
 
         self.user_encoder = None
@@ -181,6 +203,11 @@ class RecGOAT(Recommender):
         self.oat_w1 = oat_w1
         self.fusion = fusion(names=["id", *self.modalities], dim=d)
         self.user_fusion = users
+        if cmcl_users and (users == "id" or cmcl is None):
+            raise ValueError("model.cmcl_users=true needs model.cmcl and model.users=fused or propagated (the users' "
+                             f"modality views it aligns), got cmcl={'null' if cmcl is None else 'set'}, "
+                             f"users={users!r}")
+        self.cmcl_users = cmcl_users
         if users == "fused":
             self.user_items = SparseOperator(row_mean(dataset.train))
         elif users == "propagated":
@@ -209,23 +236,32 @@ class RecGOAT(Recommender):
                 ui_graph = ui_graph.matrix(users0.device)
             out = self.id_encoder(torch.cat([users0, self.item_emb]), ui_graph)
         users, item_id = out[: self.n_users], out[self.n_users:]
+        views = {}  # the two views of the ID embeddings view_cl contrasts: user-item graph, item-item graph
         if self.item_graph is not None:
             with record_function("recgoat.id_item_graph"):
                 h = self.item_emb
+                if self.item_graph_gates is not None:
+                    gates = self.item_graph_gates.items()
+                    h = h * torch.sigmoid(sum(gate(getattr(self, f"x_{m}")) for m, gate in gates))
                 for _ in range(self.id_item_graph_layers):
                     h = self.item_graph(h)
+                h_users = self.item_view_users(h) if self.item_view_users is not None else None
+                views = {"ui_user": users, "ui_item": item_id, "ii_user": h_users, "ii_item": h}
                 item_id = item_id + h
-                if self.item_view_users is not None:
-                    users = users + self.item_view_users(h)
+                if self.id_item_graph_users:
+                    users = users + h_users
         with record_function("recgoat.item_branches"):
             aligned = self.encode_modalities()
         if self.oat_map is not None:
             with record_function("recgoat.oat_map"):
                 aligned = {m: self.oat_map[m](aligned[m], item_id) for m in self.modalities}
         item = self.fusion({"id": item_id, **aligned})
+        user_aligned = {}
         if self.user_fusion != "id":
-            users = self.fusion({"id": users, **{m: self.user_items(aligned[m]) for m in self.modalities}})
-        return {"user": users, "item": item, "item_id": item_id, "aligned": aligned}
+            user_aligned = {m: self.user_items(aligned[m]) for m in self.modalities}
+            users = self.fusion({"id": users, **user_aligned})
+        return {"user": users, "item": item, "item_id": item_id, "aligned": aligned, "user_aligned": user_aligned,
+                "views": views}
 
     # ---- the model API --------------------------------------------------------------------
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -243,11 +279,24 @@ class RecGOAT(Recommender):
             fused_target, id_target = fused_target.detach(), id_target.detach()
         if self.cmcl is not None:
             out["cmcl"] = self.cmcl({m: z[batch_items] for m, z in reps["aligned"].items()}, fused_target)
+            if self.cmcl_users:
+                batch_users = torch.unique(batch["user"])
+                user_target = users[batch_users].detach() if self.align_detached else users[batch_users]
+                out["cmcl_users"] = self.cmcl({m: z[batch_users] for m, z in reps["user_aligned"].items()},
+                                              user_target)
+                out["cmcl"] = out["cmcl"] + out["cmcl_users"]
             total = total + self.cmcl.weight * out["cmcl"]
         if self.oat_w1 is not None:
             with record_function("recgoat.oat_w1"):
                 out["oat_w1"] = sum(self.oat_w1(z[batch_items], id_target) for z in reps["aligned"].values())
             total = total + self.oat_w1.weight * out["oat_w1"]
+        if self.view_cl is not None:
+            # over the batch's rows, duplicates included, as MGCN's term: a popular item is its own negative as often
+            # as it occurs, which weakens the push apart of the items (and users) that occur most
+            v, rows_u, rows_i = reps["views"], batch["user"], batch["pos"]
+            out["view_cl"] = (info_nce(v["ii_item"][rows_i], v["ui_item"][rows_i], self.view_cl.tau)
+                              + info_nce(v["ii_user"][rows_u], v["ui_user"][rows_u], self.view_cl.tau))
+            total = total + self.view_cl.weight * out["view_cl"]
         for name, w in zip(self.fusion.names, self.fusion.weights, strict=True):
             out[f"fusion_w_{name}"] = w.detach()
         if self.user_encoder is not None:
