@@ -573,6 +573,20 @@ def test_detached_alignment_moves_the_modality_branches_only(tiny_synthetic, tmp
     assert (id_grad == 0.0) == (align_to == "detached")
 
 
+def test_alignment_to_id_contrasts_the_modalities_with_the_trainable_id_representation(tiny_synthetic, tmp_path):
+    model = small_recgoat(tiny_synthetic, tmp_path, "model.align_to=id", "model.oat_w1=null")
+    batch = next(iter(BPRBatches(tiny_synthetic, batch_size=64, seed=0, epoch_fn=lambda: 0)))
+    model.eval()
+    with torch.no_grad():
+        reps, items = model.representations(), torch.unique(batch["pos"])
+        expected = cmcl_loss({m: z[items] for m, z in reps["aligned"].items()}, reps["item_id"][items], model.cmcl.tau)
+        torch.testing.assert_close(model.loss(batch)["cmcl"], expected)
+    model.train()
+    model.loss(batch)["cmcl"].backward()
+    assert float(model.item_emb.grad.abs().sum()) > 0  # the ID side moves too
+    assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in model.fusion.parameters())  # not via fusion
+
+
 def test_unknown_user_fusion_is_an_error(tiny_synthetic, tmp_path):
     with pytest.raises(ValueError, match="model.users must be one of .*'both'"):
         small_recgoat(tiny_synthetic, tmp_path, "model.users=both")

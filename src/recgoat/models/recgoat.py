@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 USER_FUSIONS = ("id", "fused", "propagated")
 ITEM_INPUTS = ("features", "features_and_id", "gated_id")
-ALIGN_TARGETS = ("trainable", "detached")
+ALIGN_TARGETS = ("trainable", "detached", "id")
 
 
 def knn_graph(x: np.ndarray, k: int, cache_dir, builder: str, search: KNNSearch) -> DeviceCSR:
@@ -113,7 +113,10 @@ class RecGOAT(Recommender):
         fusion: ``(names, dim) -> AdaptiveFusion`` of the ID and aligned modality item representations.
         align_to: ``trainable``: the alignment terms pull both sides (method.md); ``detached``: their ID-side
             targets (the fused item of CMCL, the ID items of W1) are constants, so alignment moves the modality
-            representations towards the collaborative space and never the collaborative space itself (design option).
+            representations towards the collaborative space and never the collaborative space itself (design option);
+            ``id``: CMCL's target is the ID representation (``z^id``; with ``cmcl_users`` the ID users) instead of the
+            fused one, trainable, so CMCL cannot be lowered by weighting the modality more in the fusion (design
+            option).
         users: ``id``: the final user is the ID branch's output (method.md); ``fused``: users are fused
             like items, from their ID output and the mean of their training items' aligned modalities;
             ``propagated``: the same with the symmetrically normalised aggregate ``R^ z~^m`` of the user's
@@ -141,6 +144,7 @@ class RecGOAT(Recommender):
         if align_to not in ALIGN_TARGETS:
             raise ValueError(f"model.align_to must be one of {ALIGN_TARGETS}, got {align_to!r}")
         self.align_detached = align_to == "detached"
+        self.align_to_id = align_to == "id"
         features = item_modalities(dataset, "RecGOAT", modalities, missing_features)
         self.modalities = list(features)
         self.reg_weight = reg_weight
@@ -256,12 +260,12 @@ class RecGOAT(Recommender):
             with record_function("recgoat.oat_map"):
                 aligned = {m: self.oat_map[m](aligned[m], item_id) for m in self.modalities}
         item = self.fusion({"id": item_id, **aligned})
-        user_aligned = {}
+        user_aligned, user_id = {}, users
         if self.user_fusion != "id":
             user_aligned = {m: self.user_items(aligned[m]) for m in self.modalities}
             users = self.fusion({"id": users, **user_aligned})
         return {"user": users, "item": item, "item_id": item_id, "aligned": aligned, "user_aligned": user_aligned,
-                "views": views}
+                "user_id": user_id, "views": views}
 
     # ---- the model API --------------------------------------------------------------------
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -275,13 +279,16 @@ class RecGOAT(Recommender):
         total = bpr + self.reg_weight * reg
         batch_items = torch.unique(batch["pos"])
         fused_target, id_target = items[batch_items], reps["item_id"][batch_items]
+        if self.align_to_id:  # CMCL's target is the ID representation, trainable: no way round it through the fusion
+            fused_target = id_target
         if self.align_detached:
             fused_target, id_target = fused_target.detach(), id_target.detach()
         if self.cmcl is not None:
             out["cmcl"] = self.cmcl({m: z[batch_items] for m, z in reps["aligned"].items()}, fused_target)
             if self.cmcl_users:
                 batch_users = torch.unique(batch["user"])
-                user_target = users[batch_users].detach() if self.align_detached else users[batch_users]
+                user_target = (reps["user_id"] if self.align_to_id else users)[batch_users]
+                user_target = user_target.detach() if self.align_detached else user_target
                 out["cmcl_users"] = self.cmcl({m: z[batch_users] for m, z in reps["user_aligned"].items()},
                                               user_target)
                 out["cmcl"] = out["cmcl"] + out["cmcl_users"]
