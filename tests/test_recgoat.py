@@ -524,6 +524,33 @@ def test_view_cl_is_infonce_between_the_two_views_of_the_id_embeddings_over_the_
                       "model.view_cl={_target_:recgoat.nn.CMCL,weight:0.1,tau:0.2}")
 
 
+def test_mgcns_side_view_is_added_to_the_id_branch_and_contrasted_with_the_user_item_view(tiny_synthetic, tmp_path):
+    side = "model.side_view={_target_:recgoat.models.mgcn.MGCNSideView,_partial_:true,knn_k:5,n_layers:1," \
+           "finetune_features:false}"
+    common = ("model.id_item_graph_layers=0", "model.cmcl=null", "model.oat_w1=null")
+    plain = small_recgoat(tiny_synthetic, tmp_path, *common).eval()
+    with_side = small_recgoat(tiny_synthetic, tmp_path, *common, side,
+                              "model.view_cl={_target_:recgoat.nn.CMCL,weight:0.5,tau:0.3}").eval()
+    with_side.load_state_dict(plain.state_dict(), strict=False)  # the side view's parameters are the extra ones
+    batch = next(iter(BPRBatches(tiny_synthetic, batch_size=64, seed=0, epoch_fn=lambda: 0)))
+    n_users = plain.n_users
+    with torch.no_grad():
+        ref = plain.representations()  # users=id and no item view: the user-item view itself
+        content = torch.cat([ref["user"], ref["item_id"]])
+        view = with_side.side_view(with_side.item_emb, content)
+        reps = with_side.representations()
+        torch.testing.assert_close(reps["item_id"], ref["item_id"] + view[n_users:])
+        torch.testing.assert_close(reps["user"], ref["user"] + view[:n_users])
+        u, i = batch["user"], batch["pos"]
+        expected = (info_nce(view[n_users:][i], ref["item_id"][i], 0.3)
+                    + info_nce(view[:n_users][u], ref["user"][u], 0.3))
+        torch.testing.assert_close(with_side.loss(batch)["view_cl"], expected)
+    with_side.train()
+    with_side.loss(batch)["loss"].backward()
+    trained = [p for p in with_side.side_view.parameters() if p.requires_grad]
+    assert trained and all(float(p.grad.abs().sum()) > 0 for p in trained)
+
+
 def test_user_cmcl_pulls_each_users_modality_views_towards_the_fused_user(tiny_synthetic, tmp_path):
     common = ("model.users=propagated", "model.oat_w1=null")
     plain = small_recgoat(tiny_synthetic, tmp_path, *common).eval()

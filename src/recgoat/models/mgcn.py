@@ -1,6 +1,7 @@
 """MGCN (Yu et al., ACM MM 2023): multi-view graph convolution with behaviour-guided purification."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -12,6 +13,60 @@ from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embeddi
 from recgoat.models.inputs import feature_tables, item_modalities
 from recgoat.nn import SparseOperator, bpr_loss, info_nce
 from recgoat.nn.backends import lightgcn_propagation
+
+
+class MGCNSideView(nn.Module):
+    r"""MGCN's side view: content-purified ID embeddings over each modality's item kNN graph, users from their items.
+
+    .. math::
+        \dot E^m_i = E_i \odot \sigma(W_2^m (W_1^m x^m_i + b^m) + b_2^m), \quad
+        \bar E^m = [\hat R \bar E^m_{items}; S_m^{L} \dot E^m], \quad
+        E^{c} = \textstyle\sum_m \mathrm{softmax}_m(q^\top \tanh(W_q \bar E^m + b_q)) \bar E^m, \\
+        E^{side} = \tfrac{1}{M+1}\big(E^{c} + \textstyle\sum_m \sigma(W_p^m E^{ui} + b_p^m)
+            \odot (\bar E^m - E^{c})\big)
+
+    Args:
+        features: ``{m: [n_items, f_m]}`` raw item features.
+        dim: d.
+        r_hat: ``D_u^-1/2 R D_i^-1/2`` ``[n_users, n_items]`` (scipy sparse).
+        knn_k: neighbours per item in each modality's similarity-weighted kNN graph (item itself included).
+        n_layers: propagation steps over each item-item graph.
+        finetune_features: train the raw feature matrices too (the authors' code does).
+        cache_dir: where the kNN graphs are cached.
+
+    Shapes: ``item_emb`` ``[n_items, d]``, ``content`` ``[n_users + n_items, d]`` (the user-item view, users
+    first) -> ``[n_users + n_items, d]``.
+    """
+
+    def __init__(self, features: dict[str, np.ndarray], dim: int, r_hat, knn_k: int, n_layers: int,
+                 finetune_features: bool, cache_dir: str | None):
+        super().__init__()
+        self.modalities, self.n_layers, d = list(features), n_layers, dim
+        self.features = feature_tables(features, trainable=finetune_features)
+        self.projections = nn.ModuleDict({m: nn.Linear(x.shape[1], d) for m, x in features.items()})
+        self.purifiers = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in self.modalities})
+        self.preferences = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in self.modalities})
+        self.query_common = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
+        self.item_graphs = {}
+        for m, x in features.items():
+            s = sym_normalize(cached_knn_similarity_graph(x, knn_k, True, cache_dir, f"knn-mgcn-{m}"))
+            self.item_graphs[m] = SparseOperator(s)  # directed kNN graph
+        self.r_hat = SparseOperator(r_hat)
+
+    def forward(self, item_emb: Tensor, content: Tensor) -> Tensor:
+        per_modality = []
+        for m in self.modalities:
+            items = item_emb * self.purifiers[m](self.projections[m](self.features[m]))         # [I, d]
+            for _ in range(self.n_layers):
+                items = self.item_graphs[m](items)
+            users = self.r_hat(items)                                                           # [U, d]
+            per_modality.append(torch.cat([users, items]))
+        stacked = torch.stack(per_modality, dim=1)                                              # [N, M, d]
+        attention = torch.softmax(self.query_common(stacked), dim=1)                            # [N, M, 1]
+        common = (attention * stacked).sum(1)                                                   # [N, d]
+        specific = sum(self.preferences[m](content) * (stacked[:, j] - common)
+                       for j, m in enumerate(self.modalities))
+        return (common + specific) / (len(self.modalities) + 1)
 
 
 class MGCN(Recommender):
@@ -50,46 +105,21 @@ class MGCN(Recommender):
                  modalities: list[str] | None, missing_features: str, backend: str, cache_dir: str | None):
         super().__init__(dataset.n_users, dataset.n_items)
         features = item_modalities(dataset, "MGCN", modalities, missing_features)
-        self.modalities = list(features)
-        self.reg_weight, self.cl_weight, self.tau, self.n_layers = reg_weight, cl_weight, tau, n_layers
-        d = embedding_dim
+        self.reg_weight, self.cl_weight, self.tau = reg_weight, cl_weight, tau
 
-        self.user_emb = id_embedding(self.n_users, d)
-        self.item_emb = id_embedding(self.n_items, d)
-        self.features = feature_tables(features, trainable=finetune_features)
-        self.projections = nn.ModuleDict({m: nn.Linear(x.shape[1], d) for m, x in features.items()})
-        self.purifiers = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in self.modalities})
-        self.preferences = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in self.modalities})
-        self.query_common = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
-
-        self.item_graphs = {}
-        for m, x in features.items():
-            s = sym_normalize(cached_knn_similarity_graph(x, knn_k, True, cache_dir, f"knn-mgcn-{m}"))
-            self.item_graphs[m] = SparseOperator(s)  # directed kNN graph
+        self.user_emb = id_embedding(self.n_users, embedding_dim)
+        self.item_emb = id_embedding(self.n_items, embedding_dim)
         adj = normalized_bipartite_adjacency(dataset.train)
+        self.side_view = MGCNSideView(features, embedding_dim, adj[: self.n_users, self.n_users:], knn_k, n_layers,
+                                      finetune_features, cache_dir)
         self.adj = DeviceCSR(adj)
-        r = adj[: self.n_users, self.n_users:]
-        self.r_hat = SparseOperator(r)
         self.propagate = lightgcn_propagation(backend, n_ui_layers)
 
     def views(self) -> tuple[Tensor, Tensor]:
         """``(E^ui, E^side)``, each ``[n_users + n_items, d]`` (users first)."""
         device = self.item_emb.device
         content = self.propagate(torch.cat([self.user_emb, self.item_emb]), self.adj.matrix(device))
-        per_modality = []
-        for m in self.modalities:
-            items = self.item_emb * self.purifiers[m](self.projections[m](self.features[m]))    # [I, d]
-            for _ in range(self.n_layers):
-                items = self.item_graphs[m](items)
-            users = self.r_hat(items)                                                           # [U, d]
-            per_modality.append(torch.cat([users, items]))
-        stacked = torch.stack(per_modality, dim=1)                                              # [N, M, d]
-        attention = torch.softmax(self.query_common(stacked), dim=1)                            # [N, M, 1]
-        common = (attention * stacked).sum(1)                                                   # [N, d]
-        specific = sum(self.preferences[m](content) * (stacked[:, j] - common)
-                       for j, m in enumerate(self.modalities))
-        side = (common + specific) / (len(self.modalities) + 1)
-        return content, side
+        return content, self.side_view(self.item_emb, content)
 
     def forward(self) -> tuple[Tensor, Tensor]:
         content, side = self.views()

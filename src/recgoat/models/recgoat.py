@@ -99,10 +99,15 @@ class RecGOAT(Recommender):
             design option). Without it only the items carry the view.
         id_item_graph_gate: the view spreads ``E_i * sigmoid(sum_m W_m x^m + b)`` instead of ``E_i``, the ID
             embeddings gated by the item's content (MGCN's behaviour-guided purifier; design option).
-        view_cl: with ``L > 0``, an InfoNCE term (:class:`CMCL` gives its weight and temperature) between the two
-            views of the ID embeddings over the batch's rows, duplicates included: the items' ``S^L E`` against
-            their LightGCN output, the users' ``R^ S^L E`` against theirs (MGCN's contrastive term between its
-            item-item and user-item views; design option), or ``None``.
+        side_view: ``(features, dim, r_hat, cache_dir) -> module``, MGCN's side view (:class:`MGCNSideView`:
+            content-purified ID embeddings over each modality's kNN graph, users from their items, mixed by attention
+            and by preference gates of the user-item view), added to the ID branch's users and items (design option:
+            MGCN's multi-view ID branch under RecGOAT's modality branches, alignment and fusion), or ``None``.
+        view_cl: with ``L > 0`` or ``side_view``, an InfoNCE term (:class:`CMCL` gives its weight and temperature)
+            between two views of the ID embeddings over the batch's rows, duplicates included: the items' ``S^L E``
+            against their LightGCN output, the users' ``R^ S^L E`` against theirs (MGCN's contrastive term between
+            its item-item and user-item views; design option), or ``None``. With ``side_view`` it contrasts MGCN's
+            side view with the user-item view instead, as MGCN does.
         knn_search: how the kNN graphs (item-item and user-user) find neighbours: :class:`ExactKNN` or the
             approximate :class:`IVFKNN`; part of the graph cache key.
         user_encoder: ``(in_dim, dim) -> module`` of the user LM branch, or ``None`` (no user LM branch).
@@ -133,7 +138,7 @@ class RecGOAT(Recommender):
                  user_knn_k: int, user_llm_init: float, cmcl: CMCL | None, oat_map: DimensionTransport | None,
                  oat_w1: SinkhornW1 | None,
                  fusion: Callable[..., AdaptiveFusion], align_to: str, users: str, cmcl_users: bool,
-                 view_cl: CMCL | None, id_item_graph_gate: bool):
+                 view_cl: CMCL | None, id_item_graph_gate: bool, side_view: Callable[..., nn.Module] | None):
         super().__init__(dataset.n_users, dataset.n_items)
         check_backend(backend)  # fails now, at start-up, if DGL is selected and missing
         if users not in USER_FUSIONS:
@@ -172,8 +177,13 @@ class RecGOAT(Recommender):
             raise ValueError("model.id_item_graph_users=true needs model.id_item_graph_layers > 0")
         self.item_graph = None  # FREEDOM's graph, the modalities weighted equally
         self.item_view_users = None  # R^, the users' side of the view
-        if view_cl is not None and not id_item_graph_layers:
-            raise ValueError("model.view_cl needs model.id_item_graph_layers > 0 (the item-item view it contrasts)")
+        if view_cl is not None and not id_item_graph_layers and side_view is None:
+            raise ValueError("model.view_cl needs model.id_item_graph_layers > 0 or model.side_view (the item-item "
+                             "view it contrasts)")
+        self.side_view = None
+        if side_view is not None:
+            self.side_view = side_view(features=features, dim=d, cache_dir=cache_dir,
+                                       r_hat=bipartite_user_item_block(dataset.train, self.n_users))
         self.view_cl = view_cl
         self.id_item_graph_users = id_item_graph_users
         self.item_graph_gates = None  # content gates of the ID embeddings before the view (MGCN's purifier)
@@ -254,6 +264,12 @@ class RecGOAT(Recommender):
                 item_id = item_id + h
                 if self.id_item_graph_users:
                     users = users + h_users
+        if self.side_view is not None:
+            with record_function("recgoat.side_view"):
+                side = self.side_view(self.item_emb, out)
+                views = {"ui_user": out[: self.n_users], "ui_item": out[self.n_users:],
+                         "ii_user": side[: self.n_users], "ii_item": side[self.n_users:]}
+                users, item_id = users + views["ii_user"], item_id + views["ii_item"]
         with record_function("recgoat.item_branches"):
             aligned = self.encode_modalities()
         if self.oat_map is not None:
