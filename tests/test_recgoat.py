@@ -350,7 +350,7 @@ def test_fusion_is_the_layer_normed_weighted_sum_unit_norm_only_when_asked(norma
     g = torch.Generator().manual_seed(3)
     parts = {"id": torch.randn(6, 8, generator=g), "text": 3 * torch.randn(6, 8, generator=g)}
     fusion = AdaptiveFusion(["id", "text"], 8, init={"id": 0.15, "text": 0.8}, default_init=0.5, dropout=0.1,
-                            normalize=normalize, layer_norm=layer_norm, id_residual=False).eval()
+                            normalize=normalize, layer_norm=layer_norm, id_residual=False, learn_weights=True).eval()
     mixed = 0.15 * parts["id"] + 0.8 * parts["text"]
     expected = mixed
     if layer_norm:
@@ -371,7 +371,7 @@ def test_id_residual_fusion_adds_the_id_part_after_layer_norm_and_dropout_of_the
     parts = {"text": 3 * torch.randn(6, 8, generator=g), "id": torch.randn(6, 8, generator=g),
              "image": torch.randn(6, 8, generator=g)}
     fusion = AdaptiveFusion(["text", "id", "image"], 8, init={"id": 1.0, "text": 0.8, "image": 0.1}, default_init=0.5,
-                            dropout=0.5, normalize=False, layer_norm=True, id_residual=True)
+                            dropout=0.5, normalize=False, layer_norm=True, id_residual=True, learn_weights=True)
     expected = parts["id"] + layer_norm_at_init(0.8 * parts["text"] + 0.1 * parts["image"])
     torch.testing.assert_close(fusion.eval()(parts), expected)
     # in training the dropout zeroes modality coordinates only: where it drops, the ID part is what is left
@@ -380,6 +380,21 @@ def test_id_residual_fusion_adds_the_id_part_after_layer_norm_and_dropout_of_the
     dropped = (train_out - parts["id"]).abs() < 1e-7
     assert 0 < dropped.sum() < dropped.numel()
     torch.testing.assert_close(train_out[~dropped], (parts["id"] + 2 * (expected - parts["id"]))[~dropped])
+
+
+@pytest.mark.parametrize("learn", [True, False])
+def test_fusion_weights_are_learned_or_kept_at_their_initial_values(tiny_synthetic, tmp_path, learn):
+    model = small_recgoat(tiny_synthetic, tmp_path, f"model.fusion.learn_weights={str(learn).lower()}",
+                          "model.fusion.init={id:1.0,text:0.2,image:0.1}")
+    before = model.fusion.weights.detach().clone()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    for batch in list(BPRBatches(tiny_synthetic, batch_size=64, seed=0, epoch_fn=lambda: 0))[:3]:
+        optimizer.zero_grad()
+        model.loss(batch)["loss"].backward()
+        optimizer.step()
+    torch.testing.assert_close(before, torch.tensor([1.0, 0.2, 0.1])[[["id", "text", "image"].index(n)
+                                                                    for n in model.fusion.names]])
+    assert torch.equal(model.fusion.weights.detach(), before) != learn
 
 
 def test_propagated_users_are_fused_with_the_symmetrically_normalised_sum_of_their_items(tiny_synthetic, tmp_path):

@@ -32,17 +32,20 @@ class AdaptiveFusion(nn.Module):
         id_residual: add the ID part after LayerNorm and dropout, which then act on the modality parts only
             (design option). The ID branch's output, and with it LightGCN's item norm (popularity), reaches the
             score unchanged, as in MGCN and FREEDOM, whose final item is the ID embedding plus a modality part.
+        learn_weights: learn the weights (method.md); ``False`` keeps them at ``init`` (design option), so no loss
+            term can move the ranking towards a modality by raising its weight.
 
     Shapes:
         input: ``{name: [n, d]}`` for every name; output ``[n, d]``.
     """
 
     def __init__(self, names: list[str], dim: int, init: dict[str, float], *, default_init: float,
-                 dropout: float, normalize: bool, layer_norm: bool, id_residual: bool):
+                 dropout: float, normalize: bool, layer_norm: bool, id_residual: bool, learn_weights: bool):
         super().__init__()
         init = dict(init)
         self.names = list(names)
-        self.weights = nn.Parameter(torch.tensor([float(init.get(n, default_init)) for n in self.names]))
+        self.weights = nn.Parameter(torch.tensor([float(init.get(n, default_init)) for n in self.names]),
+                                    requires_grad=learn_weights)
         self.norm = nn.LayerNorm(dim) if layer_norm else nn.Identity()
         self.dropout = dropout
         self.normalize = normalize
@@ -65,4 +68,4 @@ class AdaptiveFusion(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"names={self.names}, dropout={self.dropout}, normalize={self.normalize}, "
-                f"id_residual={self.id_residual}")
+                f"id_residual={self.id_residual}, learn_weights={self.weights.requires_grad}")
