@@ -194,7 +194,7 @@ class RecGOAT(Recommender):
         if id_item_graph_layers:
             self.item_graph = frozen_item_graph(features, dict.fromkeys(features, 1.0 / len(features)),
                                                 id_item_graph_k, cache_dir)
-            if id_item_graph_users or view_cl is not None:
+            if id_item_graph_users or (view_cl is not None and side_view is None):  # R^ S^L E: the users' view
                 self.item_view_users = SparseOperator(bipartite_user_item_block(dataset.train, self.n_users))
 
         self.user_encoder = None
