@@ -541,7 +541,7 @@ def test_view_cl_is_infonce_between_the_two_views_of_the_id_embeddings_over_the_
 
 def test_mgcns_side_view_is_added_to_the_id_branch_and_contrasted_with_the_user_item_view(tiny_synthetic, tmp_path):
     side = "model.side_view={_target_:recgoat.models.mgcn.MGCNSideView,_partial_:true,knn_k:5,n_layers:1," \
-           "finetune_features:false}"
+           "finetune_features:false,gate_input:features}"
     common = ("model.id_item_graph_layers=0", "model.cmcl=null", "model.oat_w1=null")
     plain = small_recgoat(tiny_synthetic, tmp_path, *common).eval()
     with_side = small_recgoat(tiny_synthetic, tmp_path, *common, side,
@@ -564,6 +564,36 @@ def test_mgcns_side_view_is_added_to_the_id_branch_and_contrasted_with_the_user_
     with_side.loss(batch)["loss"].backward()
     trained = [p for p in with_side.side_view.parameters() if p.requires_grad]
     assert trained and all(float(p.grad.abs().sum()) > 0 for p in trained)
+
+
+def test_side_view_gated_by_the_aligned_modalities_brings_them_into_the_score(tiny_synthetic, tmp_path):
+    side = "model.side_view={_target_:recgoat.models.mgcn.MGCNSideView,_partial_:true,knn_k:5,n_layers:1," \
+           "finetune_features:false,gate_input:given}"
+    # modality weights fixed at 0 and no alignment term: only the side view can carry the modalities into the loss
+    common = ("model.id_item_graph_layers=0", "model.cmcl=null", "model.oat_w1=null", "model.user_encoder=null",
+              "model.fusion.learn_weights=false")
+    plain = small_recgoat(tiny_synthetic, tmp_path, *common).eval()
+    gated = small_recgoat(tiny_synthetic, tmp_path, *common, side).eval()
+    gated.load_state_dict(plain.state_dict(), strict=False)
+    assert not hasattr(gated.side_view, "projections")  # no raw-feature path of its own
+    n_users = plain.n_users
+    with torch.no_grad():
+        ref = plain.representations()  # the aligned modalities are mapped towards the view-less ID items
+        content = torch.cat([ref["user"], ref["item_id"]])
+        view = gated.side_view(gated.item_emb, content, ref["aligned"])
+        reps = gated.representations()
+        torch.testing.assert_close(reps["item_id"], ref["item_id"] + view[n_users:])
+        torch.testing.assert_close(reps["user"], ref["user"] + view[:n_users])
+        torch.testing.assert_close(reps["item"], reps["item_id"])  # fusion: id 1, modalities 0
+    with pytest.raises(ValueError, match="gate_input='given' was not given gates"):
+        gated.side_view(gated.item_emb, content)
+    batch = next(iter(BPRBatches(tiny_synthetic, batch_size=64, seed=0, epoch_fn=lambda: 0)))
+    for model, reached in ((plain, False), (gated, True)):
+        model.train()
+        model.zero_grad()
+        model.loss(batch)["loss"].backward()
+        grads = [p.grad for p in model.item_encoders.parameters()]
+        assert any(g is not None and float(g.abs().sum()) > 0 for g in grads) == reached
 
 
 def test_user_cmcl_pulls_each_users_modality_views_towards_the_fused_user(tiny_synthetic, tmp_path):

@@ -19,7 +19,7 @@ class MGCNSideView(nn.Module):
     r"""MGCN's side view: content-purified ID embeddings over each modality's item kNN graph, users from their items.
 
     .. math::
-        \dot E^m_i = E_i \odot \sigma(W_2^m (W_1^m x^m_i + b^m) + b_2^m), \quad
+        \dot E^m_i = E_i \odot \sigma(W_2^m g^m_i + b_2^m), \quad g^m_i = W_1^m x^m_i + b^m \text{ (or given)}, \quad
         \bar E^m = [\hat R \bar E^m_{items}; S_m^{L} \dot E^m], \quad
         E^{c} = \textstyle\sum_m \mathrm{softmax}_m(q^\top \tanh(W_q \bar E^m + b_q)) \bar E^m, \\
         E^{side} = \tfrac{1}{M+1}\big(E^{c} + \textstyle\sum_m \sigma(W_p^m E^{ui} + b_p^m)
@@ -33,17 +33,25 @@ class MGCNSideView(nn.Module):
         n_layers: propagation steps over each item-item graph.
         finetune_features: train the raw feature matrices too (the authors' code does).
         cache_dir: where the kNN graphs are cached.
+        gate_input: what the purifier gates read: ``features``, ``g^m = W_1^m x^m + b^m`` from the raw features
+            (MGCN); ``given``, the ``gates`` passed to :meth:`forward` (RecGOAT passes its aligned modality
+            representations), with no feature tables or projections of its own.
 
     Shapes: ``item_emb`` ``[n_items, d]``, ``content`` ``[n_users + n_items, d]`` (the user-item view, users
-    first) -> ``[n_users + n_items, d]``.
+    first), ``gates`` ``{m: [n_items, d]}`` -> ``[n_users + n_items, d]``.
     """
 
+    GATE_INPUTS = ("features", "given")
+
     def __init__(self, features: dict[str, np.ndarray], dim: int, r_hat, knn_k: int, n_layers: int,
-                 finetune_features: bool, cache_dir: str | None):
+                 finetune_features: bool, cache_dir: str | None, gate_input: str):
         super().__init__()
-        self.modalities, self.n_layers, d = list(features), n_layers, dim
-        self.features = feature_tables(features, trainable=finetune_features)
-        self.projections = nn.ModuleDict({m: nn.Linear(x.shape[1], d) for m, x in features.items()})
+        if gate_input not in self.GATE_INPUTS:
+            raise ValueError(f"side view gate_input must be one of {self.GATE_INPUTS}, got {gate_input!r}")
+        self.modalities, self.n_layers, self.gate_input, d = list(features), n_layers, gate_input, dim
+        if gate_input == "features":
+            self.features = feature_tables(features, trainable=finetune_features)
+            self.projections = nn.ModuleDict({m: nn.Linear(x.shape[1], d) for m, x in features.items()})
         self.purifiers = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in self.modalities})
         self.preferences = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in self.modalities})
         self.query_common = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
@@ -53,10 +61,14 @@ class MGCNSideView(nn.Module):
             self.item_graphs[m] = SparseOperator(s)  # directed kNN graph
         self.r_hat = SparseOperator(r_hat)
 
-    def forward(self, item_emb: Tensor, content: Tensor) -> Tensor:
+    def forward(self, item_emb: Tensor, content: Tensor, gates: dict[str, Tensor] | None = None) -> Tensor:
+        if (gates is None) != (self.gate_input == "features"):
+            raise ValueError(f"side view with gate_input={self.gate_input!r} was "
+                             f"{'not ' if gates is None else ''}given gates")
         per_modality = []
         for m in self.modalities:
-            items = item_emb * self.purifiers[m](self.projections[m](self.features[m]))         # [I, d]
+            g = self.projections[m](self.features[m]) if gates is None else gates[m]
+            items = item_emb * self.purifiers[m](g)                                             # [I, d]
             for _ in range(self.n_layers):
                 items = self.item_graphs[m](items)
             users = self.r_hat(items)                                                           # [U, d]
@@ -111,7 +123,7 @@ class MGCN(Recommender):
         self.item_emb = id_embedding(self.n_items, embedding_dim)
         adj = normalized_bipartite_adjacency(dataset.train)
         self.side_view = MGCNSideView(features, embedding_dim, adj[: self.n_users, self.n_users:], knn_k, n_layers,
-                                      finetune_features, cache_dir)
+                                      finetune_features, cache_dir, gate_input="features")
         self.adj = DeviceCSR(adj)
         self.propagate = lightgcn_propagation(backend, n_ui_layers)
 

@@ -238,6 +238,15 @@ class RecGOAT(Recommender):
         return {m: self.item_encoders[m](getattr(self, f"x_{m}"), self._graph(m), h0_add, h0_gated)
                 for m in self.modalities}
 
+    def aligned_modalities(self, item_id: Tensor) -> dict[str, Tensor]:
+        """``z~^m``: the modality branches, mapped by OAT towards ``item_id`` when the OAT map is on."""
+        with record_function("recgoat.item_branches"):
+            aligned = self.encode_modalities()
+        if self.oat_map is not None:
+            with record_function("recgoat.oat_map"):
+                aligned = {m: self.oat_map[m](aligned[m], item_id) for m in self.modalities}
+        return aligned
+
     def representations(self) -> dict[str, Tensor | dict[str, Tensor]]:
         """All final representations: ``user``, ``item`` (fused), ``item_id``, ``aligned`` per modality."""
         users0 = self.user_emb
@@ -264,17 +273,17 @@ class RecGOAT(Recommender):
                 item_id = item_id + h
                 if self.id_item_graph_users:
                     users = users + h_users
+        gated_by_aligned = self.side_view is not None and self.side_view.gate_input == "given"
+        if gated_by_aligned:  # the side view's purifiers read the aligned modalities, mapped towards the view-less ID
+            aligned = self.aligned_modalities(item_id)
         if self.side_view is not None:
             with record_function("recgoat.side_view"):
-                side = self.side_view(self.item_emb, out)
+                side = self.side_view(self.item_emb, out, aligned if gated_by_aligned else None)
                 views = {"ui_user": out[: self.n_users], "ui_item": out[self.n_users:],
                          "ii_user": side[: self.n_users], "ii_item": side[self.n_users:]}
                 users, item_id = users + views["ii_user"], item_id + views["ii_item"]
-        with record_function("recgoat.item_branches"):
-            aligned = self.encode_modalities()
-        if self.oat_map is not None:
-            with record_function("recgoat.oat_map"):
-                aligned = {m: self.oat_map[m](aligned[m], item_id) for m in self.modalities}
+        if not gated_by_aligned:
+            aligned = self.aligned_modalities(item_id)
         item = self.fusion({"id": item_id, **aligned})
         user_aligned, user_id = {}, users
         if self.user_fusion != "id":
