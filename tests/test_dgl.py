@@ -56,8 +56,8 @@ def test_the_package_does_not_import_dgl_unless_selected():
 
 def small_recgoat(dataset, tmp_path, *overrides: str):
     torch.manual_seed(0)
-    return build_model(dataset, ["model=recgoat", "model.embedding_dim=16", "model.knn_k=5", "model.user_knn_k=5",
-                                 "model.item_encoder.heads=4", "model.user_encoder.heads=4",
+    return build_model(dataset, ["model=recgoat", "model/user_encoder=gat", "model.embedding_dim=16", "model.knn_k=5",
+                                 "model.user_knn_k=5", "model.item_encoder.heads=4", "model.user_encoder.heads=4",
                                  f"paths.cache_dir={tmp_path}", *overrides])
 
 

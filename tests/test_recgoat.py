@@ -287,11 +287,15 @@ def test_cmcl_is_the_mean_over_modalities_and_minimal_when_aligned():
 
 # ---- the model -------------------------------------------------------------------------------
 def small_recgoat(dataset, tmp_path, *overrides: str) -> RecGOAT:
-    """``model=recgoat`` from its real config, at d=16, 4 heads, k=5."""
+    """``model=recgoat`` from its real config with the user LM branch (every part built), at d=16, 4 heads, k=5."""
     torch.manual_seed(0)
-    return build_model(dataset, ["model=recgoat", "model.embedding_dim=16", "model.knn_k=5", "model.user_knn_k=5",
-                                 "model.item_encoder.heads=4", "model.user_encoder.heads=4",
+    return build_model(dataset, ["model=recgoat", "model/user_encoder=gat", "model.embedding_dim=16", "model.knn_k=5",
+                                 "model.user_knn_k=5", "model.item_encoder.heads=4", "model.user_encoder.heads=4",
                                  f"paths.cache_dir={tmp_path}", *overrides])
+
+
+# the default's side view and its contrastive term off: the ID branch of the options measured before them
+NO_SIDE_VIEW = ("model.side_view=null", "model.view_cl=null")
 
 
 @pytest.mark.parametrize("ui", ["lightgcn", "attention"])
@@ -303,7 +307,8 @@ def test_gradients_reach_every_branch(tiny_synthetic, tmp_path, ui):
     out = model.loss(batch)
     assert {"bpr", "reg", "cmcl", "oat_w1", "fusion_w_id", "fusion_w_text", "fusion_w_image"} <= set(out)
     out["loss"].backward()
-    no_grad = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    no_grad = [n for n, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]  # fixed fusion weights: none
     assert no_grad == []
     branches = {n.split(".")[0] for n, _ in model.named_parameters()}
     assert {"user_emb", "item_emb", "item_encoders", "user_encoder", "oat_map", "fusion"} <= branches
@@ -445,8 +450,8 @@ def test_item_input_brings_each_items_id_embedding_into_the_first_attention_laye
 def test_id_item_graph_adds_the_id_embeddings_averaged_over_each_items_top_k_content_neighbours(
         tiny_synthetic, tmp_path, layers):
     k = 4
-    plain = small_recgoat(tiny_synthetic, tmp_path, "model.id_item_graph_layers=0").eval()
-    with_graph = small_recgoat(tiny_synthetic, tmp_path, f"model.id_item_graph_layers={layers}",
+    plain = small_recgoat(tiny_synthetic, tmp_path, *NO_SIDE_VIEW, "model.id_item_graph_layers=0").eval()
+    with_graph = small_recgoat(tiny_synthetic, tmp_path, *NO_SIDE_VIEW, f"model.id_item_graph_layers={layers}",
                                f"model.id_item_graph_k={k}").eval()
     with_graph.load_state_dict(plain.state_dict())
     for m in plain.modalities:  # each item is its own nearest neighbour, so it is among its k
@@ -463,8 +468,8 @@ def test_id_item_graph_adds_the_id_embeddings_averaged_over_each_items_top_k_con
 
 
 def test_the_users_item_view_is_their_items_view_summed_with_symmetric_degree_weights(tiny_synthetic, tmp_path):
-    items_only = small_recgoat(tiny_synthetic, tmp_path, "model.id_item_graph_layers=1").eval()
-    both = small_recgoat(tiny_synthetic, tmp_path, "model.id_item_graph_layers=1",
+    items_only = small_recgoat(tiny_synthetic, tmp_path, *NO_SIDE_VIEW, "model.id_item_graph_layers=1").eval()
+    both = small_recgoat(tiny_synthetic, tmp_path, *NO_SIDE_VIEW, "model.id_item_graph_layers=1",
                          "model.id_item_graph_users=true").eval()
     both.load_state_dict(items_only.state_dict())
     r_hat = dense_r_hat(tiny_synthetic)
@@ -496,9 +501,9 @@ def dense_r_hat(dataset) -> torch.Tensor:
 
 def test_the_gated_item_view_spreads_the_id_embeddings_times_a_content_gate(tiny_synthetic, tmp_path):
     k = 4
-    no_view = small_recgoat(tiny_synthetic, tmp_path, "model.id_item_graph_layers=0").eval()
-    gated = small_recgoat(tiny_synthetic, tmp_path, "model.id_item_graph_layers=1", f"model.id_item_graph_k={k}",
-                          "model.id_item_graph_gate=true").eval()
+    no_view = small_recgoat(tiny_synthetic, tmp_path, *NO_SIDE_VIEW, "model.id_item_graph_layers=0").eval()
+    gated = small_recgoat(tiny_synthetic, tmp_path, *NO_SIDE_VIEW, "model.id_item_graph_layers=1",
+                          f"model.id_item_graph_k={k}", "model.id_item_graph_gate=true").eval()
     gated.load_state_dict(no_view.state_dict(), strict=False)  # the gates are the only extra parameters
     with torch.no_grad():
         gate = torch.sigmoid(sum(F.linear(getattr(gated, f"x_{m}"), lin.weight, lin.bias)
@@ -515,12 +520,13 @@ def test_the_gated_item_view_spreads_the_id_embeddings_times_a_content_gate(tiny
 
 def test_view_cl_is_infonce_between_the_two_views_of_the_id_embeddings_over_the_batch_rows(tiny_synthetic, tmp_path):
     k, weight, tau = 4, 0.5, 0.3
-    common = ("model.id_item_graph_layers=1", f"model.id_item_graph_k={k}", "model.cmcl=null", "model.oat_w1=null")
-    plain = small_recgoat(tiny_synthetic, tmp_path, *common).eval()
+    common = ("model.side_view=null", "model.id_item_graph_layers=1", f"model.id_item_graph_k={k}", "model.cmcl=null",
+              "model.oat_w1=null")
+    plain = small_recgoat(tiny_synthetic, tmp_path, *common, "model.view_cl=null").eval()
     with_cl = small_recgoat(tiny_synthetic, tmp_path, *common,
                             f"model.view_cl={{_target_:recgoat.nn.CMCL,weight:{weight},tau:{tau}}}").eval()
     with_cl.load_state_dict(plain.state_dict())
-    no_view = small_recgoat(tiny_synthetic, tmp_path, "model.id_item_graph_layers=0").eval()
+    no_view = small_recgoat(tiny_synthetic, tmp_path, *NO_SIDE_VIEW, "model.id_item_graph_layers=0").eval()
     no_view.load_state_dict(plain.state_dict(), strict=False)
     batch = next(iter(BPRBatches(tiny_synthetic, batch_size=64, seed=0, epoch_fn=lambda: 0)))
     with torch.no_grad():
@@ -535,7 +541,7 @@ def test_view_cl_is_infonce_between_the_two_views_of_the_id_embeddings_over_the_
     # the users' view enters the loss only, not the users' representation (that is id_item_graph_users)
     torch.testing.assert_close(with_cl.representations()["user"], ref["user"])
     with pytest.raises(ValueError, match="model.view_cl needs model.id_item_graph_layers > 0"):
-        small_recgoat(tiny_synthetic, tmp_path, "model.id_item_graph_layers=0",
+        small_recgoat(tiny_synthetic, tmp_path, "model.id_item_graph_layers=0", "model.side_view=null",
                       "model.view_cl={_target_:recgoat.nn.CMCL,weight:0.1,tau:0.2}")
 
 
@@ -543,7 +549,7 @@ def test_mgcns_side_view_is_added_to_the_id_branch_and_contrasted_with_the_user_
     side = "model.side_view={_target_:recgoat.models.mgcn.MGCNSideView,_partial_:true,knn_k:5,n_layers:1," \
            "finetune_features:false,gate_input:features}"
     common = ("model.id_item_graph_layers=0", "model.cmcl=null", "model.oat_w1=null")
-    plain = small_recgoat(tiny_synthetic, tmp_path, *common).eval()
+    plain = small_recgoat(tiny_synthetic, tmp_path, *common, *NO_SIDE_VIEW).eval()
     with_side = small_recgoat(tiny_synthetic, tmp_path, *common, side,
                               "model.view_cl={_target_:recgoat.nn.CMCL,weight:0.5,tau:0.3}").eval()
     with_side.load_state_dict(plain.state_dict(), strict=False)  # the side view's parameters are the extra ones
@@ -572,8 +578,8 @@ def test_side_view_gated_by_the_aligned_modalities_brings_them_into_the_score(ti
     # modality weights fixed at 0 and no alignment term: only the side view can carry the modalities into the loss
     common = ("model.id_item_graph_layers=0", "model.cmcl=null", "model.oat_w1=null", "model.user_encoder=null",
               "model.fusion.learn_weights=false")
-    plain = small_recgoat(tiny_synthetic, tmp_path, *common).eval()
-    gated = small_recgoat(tiny_synthetic, tmp_path, *common, side).eval()
+    plain = small_recgoat(tiny_synthetic, tmp_path, *common, *NO_SIDE_VIEW).eval()
+    gated = small_recgoat(tiny_synthetic, tmp_path, *common, side, "model.view_cl=null").eval()
     gated.load_state_dict(plain.state_dict(), strict=False)
     assert not hasattr(gated.side_view, "projections")  # no raw-feature path of its own
     n_users = plain.n_users
@@ -679,7 +685,7 @@ def test_dataset_without_item_features_is_a_clear_error(tiny_synthetic):
         build_model(d, ["model=recgoat"])
     with pytest.raises(DataError, match="user LM branch needs user features.*model.user_encoder=null"):
         build_model(RecDataset("nouser", d.train, d.valid, d.test, item_features=tiny_synthetic.item_features),
-                    ["model=recgoat"])
+                    ["model=recgoat_spec"])
 
 
 def test_missing_modality_rows_error_or_documented_fallback(tiny_synthetic, tmp_path):

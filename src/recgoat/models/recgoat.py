@@ -7,7 +7,8 @@ See ../shared/docs/method.md. Data flow of one forward pass (all users and items
     x^m --item_encoder(G_ii^m)--> z^m_i --OAT map (d T* + Delta^m)--> z~^m_i
     (id_item_graph_layers=L > 0: z^id_i += (S^L E_i)_i, S the mean of the modalities' kNN graphs, as FREEDOM;
      id_item_graph_users: z_u += (R^ S^L E_i)_u, the user's items' view, as MGCN's user side;
-     id_item_graph_gate: S^L (E_i * sigmoid(sum_m W_m x^m + b)) instead, MGCN's purifier)
+     id_item_graph_gate: S^L (E_i * sigmoid(sum_m W_m x^m + b)) instead, MGCN's purifier;
+     side_view: z_u, z^id_i += MGCN's side view, its purifier gates reading x^m or, gate_input=given, z~^m)
     z_i = fusion(z^id_i, z~^m_i) = normalize(dropout(LayerNorm(w_id z^id_i + sum_m w_m z~^m_i)))
     score = <z_u, z_i>    (users=fused: z_u = fusion(z_u, mean of the user's items' z~^m);
                            users=propagated: z_u = fusion(z_u, R^ z~^m), R^ = D_u^-1/2 R D_i^-1/2 as in MGCN)
