@@ -143,9 +143,10 @@ def projection_step_s(model, repeats: int = 5) -> float:
     """Seconds per step of RecGOAT's input projections alone (every modality's and the user features'
     ``W x + b`` over all rows, forward + weight gradient): work that any exact full-graph step does
     besides LightGCN's, whatever the graph code. LightGCN's step plus this is a floor for RecGOAT's."""
-    projections = [(model.item_encoders[m].proj, getattr(model, f"x_{m}")) for m in model.modalities]
-    if model.user_encoder is not None:
-        projections.append((model.user_encoder.proj, model.x_user))
+    branches = model.modality_branches
+    projections = [(branches.encoders[m].proj, getattr(branches, f"x_{m}")) for m in branches.modalities]
+    if model.user_branch is not None:
+        projections.append((model.user_branch.encoder.proj, model.user_branch.x))
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()

@@ -99,8 +99,7 @@ def graph_costs(cfg, dataset, cache_dir: str, recall: bool) -> dict:
     also the exact and the IVF top-k lists of each, and the IVF lists' recall@k against the exact ones."""
     from hydra.utils import instantiate
 
-    from recgoat.graphs.knn import knn_recall
-    from recgoat.models.recgoat import knn_graph
+    from recgoat.graphs.knn import KNNGraphs, knn_recall
     from recgoat.utils.config import compose
 
     search = instantiate(cfg.model.knn_search)
@@ -108,22 +107,29 @@ def graph_costs(cfg, dataset, cache_dir: str, recall: bool) -> dict:
                 for name in ("exact", "ivf")} if recall else {}
     if recall:
         searches["exact"] = search if search.name == "exact" else searches["exact"]  # on the cell's device
-    graphs = [(f"item-{m}", x, int(cfg.model.knn_k)) for m, x in dataset.item_features.items()]
-    graphs.append(("user", dataset.user_features, int(cfg.model.user_knn_k)))
+    attention = {"include_self": False, "symmetric": True, "self_loops": True, "weighted": False}
+    side = {"include_self": True, "symmetric": False, "self_loops": False, "weighted": True}
+    graphs = [(f"item-{m}", x, int(cfg.model.modality_branches.knn_k), attention)
+              for m, x in dataset.item_features.items()]
+    if cfg.model.side_view is not None:
+        graphs += [(f"side-{m}", x, int(cfg.model.side_view.knn_k), side) for m, x in dataset.item_features.items()]
+    if cfg.model.user_branch is not None:
+        graphs.append(("user", dataset.user_features, int(cfg.model.user_branch.knn_k), attention))
     out = {"knn_search": search.name}
-    for name, x, k in graphs:
+    for name, x, k, flags in graphs:
+        k_search = k - 1 if flags["include_self"] else k  # the builder adds the row itself to an approximate search
         lists, seconds = {}, {}
         for method, s in searches.items():  # the shipped configs of both (conf/model/knn_search/)
             t = time.perf_counter()
-            lists[method] = s.topk(x, k)
+            lists[method] = s.topk(x, k_search)
             seconds[method] = out[f"{method}_{name}_s"] = time.perf_counter() - t
         if recall:
-            out[f"ivf_{name}_recall@{k}"] = knn_recall(lists["ivf"], lists["exact"])
+            out[f"ivf_{name}_recall@{k_search}"] = knn_recall(lists["ivf"], lists["exact"])
         used = GivenLists(search, lists[search.name]) if recall else search  # each search runs once
         t = time.perf_counter()
-        g = knn_graph(x, k, cache_dir, f"knn-{name}", used)
+        g = KNNGraphs(used, cache_dir)(x, k, **flags)
         out[f"knn_{name}_s"] = time.perf_counter() - t + seconds.get(search.name, 0.0)
-        out[f"knn_{name}_edges"] = int(g.scipy.nnz)
+        out[f"knn_{name}_edges"] = int(g.nnz)
     out["knn_total_s"] = sum(v for key, v in out.items() if key.startswith("knn_") and key.endswith("_s"))
     return out
 

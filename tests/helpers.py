@@ -86,3 +86,19 @@ def read_wandb_log(path: Path) -> list:
             records.append(rec)
             pending = b""
     return records
+
+
+def binary_knn(x, k: int):
+    """The graph-attention encoders' kNN graph of ``x``: ``k`` others per row, symmetric, with self-loops."""
+    from recgoat.graphs.knn import ExactKNN, knn_graph
+    return knn_graph(x, k, include_self=False, symmetric=True, self_loops=True, weighted=False,
+                     search=ExactKNN(chunk=2048, device="cpu"))
+
+
+def edge_index(adj):
+    """PyG's ``edge_index`` ``[2, E]`` (source, target) of a (symmetric) scipy adjacency."""
+    import numpy as np
+    import scipy.sparse as sp
+    import torch
+    coo = sp.coo_matrix(adj)
+    return torch.from_numpy(np.vstack([coo.col, coo.row]).astype(np.int64))

@@ -8,7 +8,6 @@ import torch
 
 from recgoat.data import DataError, RecDataset
 from recgoat.graphs import degree_sensitive_pruning, normalized_bipartite_adjacency
-from recgoat.graphs.knn import knn_similarity_graph
 from recgoat.models import FREEDOM, MGCN, VBPR, LGMRec
 from recgoat.models.freedom import mixing_weights
 from recgoat.nn import bpr_loss
@@ -70,21 +69,6 @@ def test_vbpr_score_is_id_part_plus_content_part(tiny_synthetic, tmp_path):
     content = torch.from_numpy(x[i.numpy()]) @ model.item_linear.weight.T + model.item_linear.bias
     expected = (gamma_u * model.item_emb[i]).sum(-1) + (theta_u * content).sum(-1)
     torch.testing.assert_close(model.score_pairs(u, i), expected.detach())
-
-
-def test_knn_similarity_graph_matches_brute_force(tiny_synthetic):
-    x = tiny_synthetic.item_features["image"]
-    k = 6
-    g = knn_similarity_graph(x, k, weighted=True)
-    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
-    sim = xn @ xn.T
-    for i in range(len(x)):
-        row = g.getrow(i)
-        expected = np.argsort(-sim[i], kind="stable")[:k]
-        assert set(row.indices) == set(expected) and i in row.indices
-        np.testing.assert_allclose(row.toarray().ravel()[expected], sim[i, expected], rtol=1e-5)
-    binary = knn_similarity_graph(x, k, weighted=False)
-    assert binary.nnz == len(x) * k and set(binary.data) == {1.0}
 
 
 def test_freedom_pruning_keeps_the_configured_share_degree_sensitively():

@@ -56,8 +56,9 @@ def test_the_package_does_not_import_dgl_unless_selected():
 
 def small_recgoat(dataset, tmp_path, *overrides: str):
     torch.manual_seed(0)
-    return build_model(dataset, ["model=recgoat", "model/user_encoder=gat", "model.embedding_dim=16", "model.knn_k=5",
-                                 "model.user_knn_k=5", "model.item_encoder.heads=4", "model.user_encoder.heads=4",
+    return build_model(dataset, ["model=recgoat", "model/user_branch=gat", "model.embedding_dim=16",
+                                 "model.modality_branches.knn_k=5", "model.user_branch.knn_k=5",
+                                 "model.modality_branches.encoder.heads=4", "model.user_branch.encoder.heads=4",
                                  f"paths.cache_dir={tmp_path}", *overrides])
 
 
@@ -144,7 +145,7 @@ def test_short_recgoat_training_gives_the_same_metrics_under_both_backends(tmp_p
     results = {}
     for backend in ("pyg", "dgl"):
         overrides = ["+experiment=recgoat", *TINY_DATA, *QUIET, "trainer.max_epochs=3", "seed=5",
-                     "model.knn_k=5", "model.user_knn_k=5", f"model.backend={backend}",
+                     "model.modality_branches.knn_k=5", f"model.backend={backend}",
                      f"paths.cache_dir={tmp_path / 'cache'}"]
         results[backend] = run_in_process(overrides, tmp_path / backend)
     for split in ("valid", "test"):

@@ -35,7 +35,12 @@ def cached_sparse(cache_dir: str | Path | None, builder: str, version: int, arra
     """Load the matrix for this key from ``cache_dir`` or build and store it (atomically)."""
     if cache_dir is None:
         return sp.csr_matrix(build())
-    key = cache_key(builder, version, arrays, params)
+    return cached_sparse_by_key(cache_dir, builder, cache_key(builder, version, arrays, params), build)
+
+
+def cached_sparse_by_key(cache_dir: str | Path, builder: str, key: str,
+                         build: Callable[[], sp.spmatrix]) -> sp.csr_matrix:
+    """:func:`cached_sparse` for a key already computed with :func:`cache_key`."""
     path = Path(cache_dir) / "graphs" / f"{builder}-{key}.npz"
     if path.exists():
         try:

@@ -1,14 +1,16 @@
 """k-nearest-neighbour graphs over feature vectors (item-item per modality, user-user)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recgoat.graphs.cache import cached_sparse
+from recgoat.graphs.cache import cache_key, cached_sparse_by_key
 from recgoat.utils.ranking import topk_stable
 
-KNN_BUILDER_VERSION = 1  # bump when the construction changes: it is part of the cache key
+KNN_BUILDER_VERSION = 2  # bump when the construction changes: it is part of the cache key
 
 
 def cosine_topk(x: np.ndarray, k: int, chunk: int = 2048, exclude_self: bool = True,
@@ -136,17 +138,45 @@ def knn_recall(approx: np.ndarray, exact: np.ndarray) -> float:
     return hits / exact.size
 
 
-def knn_adjacency(x: np.ndarray, k: int, symmetric: bool = True, self_loops: bool = True,
-                  chunk: int = 2048, search: KNNSearch | None = None) -> sp.csr_matrix:
-    """Binary kNN adjacency ``[n, n]``: ``A[i, j] = 1`` if ``j`` is among ``i``'s top-k by cosine.
+def knn_graph(x: np.ndarray, k: int, *, include_self: bool, symmetric: bool, self_loops: bool, weighted: bool,
+              search: KNNSearch) -> sp.csr_matrix:
+    r"""The kNN graph ``[n, n]`` of the rows of ``x`` by cosine similarity, every variant the models use:
 
-    ``symmetric`` adds the reverse edges (``A or A^T``); ``self_loops`` sets the diagonal. ``search``: how the
-    top-k are found (default exact, in row chunks of ``chunk``).
+    .. math::
+        A_{ij} = [j \in \mathrm{top}_k(i)] \cdot (\cos(x_i, x_j) \text{ if weighted else } 1)
+
+    Args:
+        x: ``[n, f]`` features.
+        k: neighbours per row.
+        include_self: the row itself counts among its ``k`` (FREEDOM's and MGCN's graphs: every row then has ``k``
+            entries, its own similarity first) instead of ``k`` other rows (RecGOAT's graph-attention graphs).
+        symmetric: add the reverse edges (``A or A^T``; binary graphs only).
+        self_loops: set the diagonal.
+        weighted: the cosine similarity as the value instead of 1.
+        search: how the top-k are found (:class:`ExactKNN`, :class:`IVFKNN`).
     """
     n = x.shape[0]
-    nbrs = (search or ExactKNN(chunk, "cpu")).topk(x, k)
+    if include_self:
+        if not 0 < k <= n:
+            raise ValueError(f"k must be in 1..{n} for {n} rows, got {k}")
+        if k == n:
+            nbrs = np.tile(np.arange(n), (n, 1))
+        elif isinstance(search, ExactKNN):  # exact: self is its own most similar row (ties by lower index)
+            nbrs = cosine_topk(x, k, chunk=search.chunk, exclude_self=False, device=search.device)
+        else:
+            nbrs = np.concatenate([np.arange(n)[:, None], search.topk(x, k - 1)], axis=1) if k > 1 \
+                else np.arange(n)[:, None]
+    else:
+        nbrs = search.topk(x, k)
+    if symmetric and weighted:
+        raise ValueError("a symmetric kNN graph is binary: weighted=True needs symmetric=False")
     rows = np.repeat(np.arange(n), k)
-    a = sp.csr_matrix((np.ones(n * k, dtype=np.float32), (rows, nbrs.ravel())), shape=(n, n))
+    if weighted:
+        xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        values = np.einsum("ij,ij->i", xn[rows], xn[nbrs.ravel()]).astype(np.float32)
+    else:
+        values = np.ones(n * k, dtype=np.float32)
+    a = sp.csr_matrix((values, (rows, nbrs.ravel())), shape=(n, n), dtype=np.float32)
     if symmetric:
         a = a.maximum(a.T)
     if self_loops:
@@ -156,33 +186,31 @@ def knn_adjacency(x: np.ndarray, k: int, symmetric: bool = True, self_loops: boo
     return a
 
 
-def edge_index(adj: sp.spmatrix) -> torch.Tensor:
-    """PyG's ``edge_index`` ``[2, E]`` (source, target) of a (symmetric) adjacency."""
-    coo = sp.coo_matrix(adj)
-    return torch.from_numpy(np.vstack([coo.col, coo.row]).astype(np.int64))
+class KNNGraphs:
+    """The one builder of a run's kNN graphs (item-item per modality, user-user), for every model and part.
 
+    A graph is cached on disk under everything it depends on (the feature bytes, ``k``, every flag of
+    :func:`knn_graph`, the search and its parameters, the builder's version) and in memory, so each distinct graph
+    is built once per run however many parts ask for it.
 
-def knn_similarity_graph(x: np.ndarray, k: int, weighted: bool = False, chunk: int = 2048) -> sp.csr_matrix:
-    """Directed kNN graph of the MMRec-family models (FREEDOM, MGCN): row ``i`` keeps its ``k`` most
-    cosine-similar rows *including itself* (its own similarity is the largest), with weight 1 or, when
-    ``weighted``, the cosine similarity; not symmetrised. Normalise with ``sym_normalize`` (row degrees)."""
-    n = x.shape[0]
-    if not 0 < k <= n:
-        raise ValueError(f"k must be in 1..{n} for {n} rows, got {k}")
-    nbrs = cosine_topk(x, k, chunk=chunk, exclude_self=False) if k < n else np.tile(np.arange(n), (n, 1))
-    rows = np.repeat(np.arange(n), k)
-    if weighted:
-        xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        values = np.einsum("ij,ij->i", xn[rows], xn[nbrs.ravel()]).astype(np.float32)
-    else:
-        values = np.ones(n * k, dtype=np.float32)
-    a = sp.csr_matrix((values, (rows, nbrs.ravel())), shape=(n, n), dtype=np.float32)
-    a.sort_indices()
-    return a
+    Args:
+        search: how neighbours are found (``model.knn_search``: :class:`ExactKNN` or :class:`IVFKNN`).
+        cache_dir: where graphs are cached (``None``: in memory only).
+    """
 
+    def __init__(self, search: KNNSearch, cache_dir: str | Path | None):
+        self.search, self.cache_dir = search, cache_dir
+        self._built: dict[str, sp.csr_matrix] = {}
 
-def cached_knn_similarity_graph(x: np.ndarray, k: int, weighted: bool, cache_dir, builder: str) -> sp.csr_matrix:
-    """:func:`knn_similarity_graph`, cached on disk by the feature bytes, ``k`` and ``weighted``."""
-    return cached_sparse(cache_dir, builder, KNN_BUILDER_VERSION, {"features": x},
-                         {"k": k, "weighted": weighted, "self_in_topk": True, "symmetric": False},
-                         lambda: knn_similarity_graph(x, k, weighted=weighted))
+    def __call__(self, x: np.ndarray, k: int, *, include_self: bool, symmetric: bool, self_loops: bool,
+                 weighted: bool) -> sp.csr_matrix:
+        params = {"k": int(k), "include_self": include_self, "symmetric": symmetric, "self_loops": self_loops,
+                  "weighted": weighted, **self.search.cache_params()}
+        key = cache_key("knn", KNN_BUILDER_VERSION, {"features": x}, params)
+        if key not in self._built:
+            def build() -> sp.csr_matrix:
+                return knn_graph(x, k, include_self=include_self, symmetric=symmetric, self_loops=self_loops,
+                                 weighted=weighted, search=self.search)
+            self._built[key] = build() if self.cache_dir is None else \
+                cached_sparse_by_key(self.cache_dir, "knn", key, build)
+        return self._built[key]

@@ -1,17 +1,16 @@
 """FREEDOM (Zhou & Shen, ACM MM 2023): a frozen item-item graph and a denoised user-item graph."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from recgoat.data import RecDataset
 from recgoat.graphs import degree_sensitive_pruning, normalized_bipartite_adjacency, sym_normalize
 from recgoat.graphs.csr import DeviceCSR
-from recgoat.graphs.knn import cached_knn_similarity_graph
+from recgoat.graphs.knn import KNNGraphs, KNNSearch
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
-from recgoat.models.inputs import feature_tables, item_modalities
-from recgoat.nn import SparseOperator, bpr_loss
+from recgoat.models.inputs import item_modalities
+from recgoat.nn import SparseOperator, bpr_loss, feature_tables
 from recgoat.nn.backends import lightgcn_propagation
 
 
@@ -38,14 +37,14 @@ class FREEDOM(Recommender):
         prune_ratio: share of user-item edges dropped each epoch (the authors' ``dropout``); 0 disables.
         modality_bpr_weight: weight of the per-modality BPR terms (the authors' ``reg_weight``).
         finetune_features: train the raw feature matrices too (the authors' code does).
-        modalities, missing_features, cache_dir: as for the other multimodal models.
+        modalities, missing_features, knn_search, cache_dir: as for the other multimodal models.
         backend: ``pyg`` or ``dgl``, the graph library of the LightGCN layers.
     """
 
     def __init__(self, dataset: RecDataset, *, embedding_dim: int, knn_k: int, modality_weights: dict[str, float],
                  n_mm_layers: int, n_ui_layers: int, prune_ratio: float, modality_bpr_weight: float,
                  finetune_features: bool, modalities: list[str] | None, missing_features: str, backend: str,
-                 cache_dir: str | None):
+                 knn_search: KNNSearch, cache_dir: str | None):
         super().__init__(dataset.n_users, dataset.n_items)
         features = item_modalities(dataset, "FREEDOM", modalities, missing_features)
         self.modalities = list(features)
@@ -62,7 +61,10 @@ class FREEDOM(Recommender):
         self.features = feature_tables(features, trainable=finetune_features)
         self.projections = nn.ModuleDict({m: nn.Linear(x.shape[1], d) for m, x in features.items()})
         weights = mixing_weights(self.modalities, dict(modality_weights))
-        self.item_graph = frozen_item_graph(features, weights, knn_k, cache_dir)
+        knn = KNNGraphs(knn_search, cache_dir)
+        self.item_graph = SparseOperator(sum(  # the directed top-k graph of each modality, the item among its k
+            w * sym_normalize(knn(features[m], knn_k, include_self=True, symmetric=False, self_loops=False,
+                                  weighted=False)) for m, w in weights.items()))
         self.propagate = lightgcn_propagation(backend, n_ui_layers)
         self.full_adj = DeviceCSR(normalized_bipartite_adjacency(dataset.train))
         self.pruned_adj = self.full_adj
@@ -100,14 +102,6 @@ class FREEDOM(Recommender):
     @torch.no_grad()
     def scorer(self) -> Scorer:
         return EmbeddingScorer(*self())
-
-
-def frozen_item_graph(features: dict[str, np.ndarray], weights: dict[str, float], k: int, cache_dir) -> SparseOperator:
-    """FREEDOM's item-item graph ``S = sum_m w_m D_m^-1/2 A_m D_m^-1/2``, ``A_m`` the directed top-``k`` cosine graph
-    of modality ``m`` (the item itself among its ``k``, so every row has ``k`` entries), cached per modality."""
-    return SparseOperator(sum(w * sym_normalize(cached_knn_similarity_graph(features[m], k, False, cache_dir,
-                                                                            f"knn-freedom-{m}"))
-                              for m, w in weights.items()))
 
 
 def mixing_weights(modalities: list[str], given: dict[str, float]) -> dict[str, float]:

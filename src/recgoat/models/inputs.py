@@ -4,8 +4,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import torch
-from torch import nn
 
 from recgoat.data import DataError, RecDataset
 
@@ -51,10 +49,3 @@ def item_modalities(dataset: RecDataset, model: str, modalities: list[str] | Non
         raise DataError(f"modalities {names} must be a non-empty subset of dataset '{dataset.name}''s "
                         f"{list(dataset.item_features)}")
     return {m: fill_missing_rows(f"item feature '{m}'", dataset.item_features[m], missing_features) for m in names}
-
-
-def feature_tables(features: dict[str, np.ndarray], trainable: bool) -> nn.ParameterDict:
-    """The raw feature matrices as parameters: fine-tuned with the model when ``trainable`` (FREEDOM's and
-    MGCN's released code do), constants in the state dict otherwise."""
-    return nn.ParameterDict({m: nn.Parameter(torch.from_numpy(x.copy()), requires_grad=trainable)
-                             for m, x in features.items()})

@@ -1,7 +1,6 @@
 """Feature encoders over fixed kNN graphs: projection + multi-head graph attention (PyG GATConv)."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -13,7 +12,7 @@ class GraphAttentionEncoder(nn.Module):
     r"""Encodes node features over a graph:
 
     .. math::
-        h^{(0)}_i = W x_i + b \;\;(\text{or } g_i \odot \sigma(W x_i + b) \text{ given a gate input } g), \qquad
+        h^{(0)}_i = W x_i + b, \qquad
         h^{(l+1)}_i = \big\Vert_{k=1}^{K} \sum_{j \in \mathcal{N}(i)} \alpha^{k}_{ij} \Theta^{k} h^{(l)}_j,
         \qquad \alpha^{k}_{ij} = \mathrm{softmax}_j\big(
             \mathrm{LeakyReLU}(a^{k\top}[\Theta^k h_i \Vert \Theta^k h_j])\big)
@@ -36,8 +35,8 @@ class GraphAttentionEncoder(nn.Module):
             (``dgl.nn.GATConv``, optional; see :mod:`recgoat.nn.backends`). Same parameters either way.
     """
 
-    def __init__(self, in_dim: int, dim: int, n_layers: int = 1, heads: int = 8, dropout: float = 0.1,
-                 negative_slope: float = 0.2, attention: bool = True, backend: str = "pyg"):
+    def __init__(self, in_dim: int, dim: int, *, n_layers: int, heads: int, dropout: float, negative_slope: float,
+                 attention: bool, backend: str):
         super().__init__()
         if attention and dim % heads:
             raise ValueError(f"dim {dim} must be divisible by heads {heads}")
@@ -51,16 +50,9 @@ class GraphAttentionEncoder(nn.Module):
         else:
             self.layers = nn.ModuleList([nn.Linear(dim, dim) for _ in range(n_layers)])
 
-    def forward(self, x: Tensor, graph: DeviceCSR | Tensor | None = None, h0_add: Tensor | None = None,
-                h0_gated: Tensor | None = None) -> Tensor:
-        # x: [n, in_dim], graph: DeviceCSR or edge_index [2, E] (source, target), h0_add: [n, dim] added to h^(0),
-        # h0_gated: [n, dim] gated by the features, h^(0) = h0_gated * sigmoid(W x + b) (MGCN's purifier)
-        # -> [n, dim]
+    def forward(self, x: Tensor, graph: DeviceCSR | Tensor | None = None) -> Tensor:
+        # x: [n, in_dim], graph: DeviceCSR or edge_index [2, E] (source, target) -> [n, dim]
         h = self.proj(x)
-        if h0_gated is not None:
-            h = h0_gated * torch.sigmoid(h)
-        if h0_add is not None:
-            h = h + h0_add
         for i, layer in enumerate(self.layers):
             if self.attention:
                 h = layer(h, graph)
@@ -92,8 +84,7 @@ class AttentionPropagation(nn.Module):
         backend: ``pyg`` or ``dgl`` (see :mod:`recgoat.nn.backends`).
     """
 
-    def __init__(self, dim: int, n_layers: int = 3, heads: int = 8, dropout: float = 0.1,
-                 negative_slope: float = 0.2, backend: str = "pyg"):
+    def __init__(self, dim: int, *, n_layers: int, heads: int, dropout: float, negative_slope: float, backend: str):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} must be divisible by heads {heads}")

@@ -1,0 +1,82 @@
+"""OAT: the dimension transport plan and the Sinkhorn W1 term against exact references (POT)."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import ot
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recgoat.nn import DimensionTransport, SinkhornW1, dimension_cost
+
+
+def test_dimension_cost_expansion_equals_the_definition():
+    zm, zid = torch.randn(50, 6, dtype=torch.float64), torch.randn(50, 7, dtype=torch.float64)
+    brute = ((zm[:, :, None] - zid[:, None, :]) ** 2).mean(0)
+    torch.testing.assert_close(dimension_cost(zm, zid), brute)
+
+
+@pytest.mark.parametrize("eps", [0.01, 0.05, 0.2])
+def test_sinkhorn_plan_marginals_and_pot_reference(eps):
+    g = torch.Generator().manual_seed(int(eps * 100))
+    zm = torch.randn(300, 16, generator=g)
+    zid = 0.5 * torch.randn(300, 16, generator=g) + zm[:, torch.randperm(16, generator=g)]
+    transport = DimensionTransport(eps=eps)
+    plan = transport.plan(zm, zid)                                       # d T*: all marginals 1
+    torch.testing.assert_close(plan.sum(1), torch.ones(16), atol=1e-4, rtol=0)
+    torch.testing.assert_close(plan.sum(0), torch.ones(16), atol=1e-4, rtol=0)
+    cost = dimension_cost(zm.double(), zid.double())
+    cost = (cost / (cost.max() - cost.min())).numpy()
+    with warnings.catch_warnings():  # at eps 0.05 POT's marginal error stalls near 1e-9 in float64: capped
+        warnings.filterwarnings("ignore", message="Sinkhorn did not converge")
+        ref = ot.sinkhorn(np.full(16, 1 / 16), np.full(16, 1 / 16), cost, eps, method="sinkhorn_log",
+                          numItermax=2000, stopThr=1e-10) * 16
+    np.testing.assert_allclose(plan.numpy(), ref, atol=2e-3)
+    assert not plan.requires_grad
+
+
+def test_plan_is_a_permutation_when_dimensions_are_permuted_copies():
+    zm = torch.randn(500, 8)
+    perm = torch.randperm(8)
+    plan = DimensionTransport(eps=0.01).plan(zm, zm[:, perm])
+    assert torch.equal(plan.argmax(1), torch.argsort(perm))  # dimension p of zm goes where it went
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_w1_matches_exact_optimal_transport_within_the_entropic_bias(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(80, 6, generator=g)
+    y = torch.randn(80, 6, generator=g) + 0.5
+    blur = 0.01
+    value = SinkhornW1(blur=blur, scaling=0.9, max_points=None)(x, y).item()
+    xn, yn = F.normalize(x, dim=-1).double(), F.normalize(y, dim=-1).double()
+    exact = ot.emd2(np.full(80, 1 / 80), np.full(80, 1 / 80), torch.cdist(xn, yn).numpy())
+    # the debiased divergence differs from W1 by the entropic bias, O(blur log(1/blur)) ~ 0.05 here
+    assert abs(value - exact) < blur * math.log(1 / blur) + 0.02
+    assert SinkhornW1(blur=blur, max_points=None)(x, x).item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_w1_subsampling_keeps_pairs_and_every_sampled_row_gets_gradient():
+    x = torch.randn(1000, 8, requires_grad=True)
+    loss = SinkhornW1(weight=1.0, blur=0.05, scaling=0.5, max_points=100)(x, x.detach() + 0.1)
+    loss.backward()
+    assert int((x.grad.abs().sum(1) > 0).sum()) == 100   # exactly the sampled rows (fails on a zero gradient)
+    small = torch.randn(50, 8, requires_grad=True)
+    SinkhornW1(weight=1.0, blur=0.05, scaling=0.5, max_points=100)(small, small.detach() + 0.1).backward()
+    assert bool((small.grad.abs().sum(1) > 0).all())     # below max_points: every row
+
+
+def test_warm_started_plan_reaches_the_same_fixed_point_faster():
+    g = torch.Generator().manual_seed(7)
+    zm, zid = torch.randn(400, 16, generator=g), torch.randn(400, 16, generator=g)
+    cold = DimensionTransport(eps=0.01, warm_start=False)
+    warm = DimensionTransport(eps=0.01)
+    warm.plan(zm, zid, key="text")                       # fills the cache
+    nudged = zm + 1e-3 * torch.randn(400, 16, generator=g)
+    p_cold, p_warm = cold.plan(nudged, zid, key="text"), warm.plan(nudged, zid, key="text")
+    torch.testing.assert_close(p_warm, p_cold, atol=5e-3, rtol=0)
+    torch.testing.assert_close(p_warm.sum(0), torch.ones(16), atol=1e-4, rtol=0)
+    assert warm.last_iters <= cold.last_iters
