@@ -12,12 +12,9 @@ from omegaconf import OmegaConf
 
 from recgoat.data import RecDataset
 from recgoat.models.base import Recommender
+from recgoat.training.checkpoint import CheckpointError, data_mismatch, read_checkpoint, read_metadata
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is unreadable, not recgoat's, or does not match the data."""
 
 
 @dataclass
@@ -36,31 +33,6 @@ class LoadedModel:
         return self.dataset.item_ids
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises many types for damaged files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or "recgoat" not in ckpt or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path}: not a recgoat checkpoint (no 'recgoat' metadata); "
-                              f"checkpoints are written by python -m recgoat.run")
-    return ckpt
-
-
-def data_mismatch(ckpt_path, recorded: dict, dataset: RecDataset) -> str | None:
-    """``None`` when ``dataset`` has the fingerprint a checkpoint recorded (``recorded``: its ``recgoat.dataset``
-    entry), else what differs."""
-    if dataset.fingerprint() == recorded["fingerprint"]:
-        return None
-    return (f"{ckpt_path}: trained on dataset '{recorded['name']}' ({recorded['n_users']} users, "
-            f"{recorded['n_items']} items, fingerprint {recorded['fingerprint'][:12]}), but the data loaded now is "
-            f"'{dataset.name}' ({dataset.n_users} users, {dataset.n_items} items, fingerprint "
-            f"{dataset.fingerprint()[:12]})")
-
-
 def load_model(ckpt_path: str | Path, dataset_overrides: dict | None = None,
                device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the model of a checkpoint on the data it was trained on, in eval mode.
@@ -69,7 +41,7 @@ def load_model(ckpt_path: str | Path, dataset_overrides: dict | None = None,
     e.g. a moved ``path``) and must have the fingerprint recorded at training time.
     """
     ckpt = read_checkpoint(ckpt_path)
-    meta = ckpt["recgoat"]
+    meta = read_metadata(ckpt)
     config = meta["config"]
     if not config:
         raise CheckpointError(f"{ckpt_path}: the checkpoint carries no run config")

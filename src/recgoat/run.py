@@ -26,7 +26,6 @@ from omegaconf import DictConfig, OmegaConf
 from recgoat.training import RecModule, RunSummary, Timings
 from recgoat.training.resume import check_resume_data, refuse_used_run_dir, resume_config, truncate_metrics
 from recgoat.utils.config import check_targets, conf_dir
-from recgoat.utils.provenance import provenance
 
 log = logging.getLogger("recgoat")
 
@@ -60,7 +59,7 @@ def check_run(cfg: DictConfig, evaluator, model) -> None:
         raise ValueError(f"trainer.max_epochs must be >= 1 to train {type(model).__name__} (got {max_epochs}); "
                          f"the best epoch is selected on valid, so at least one epoch must run")
     if cfg.get("ckpt_path") and cfg.get("resume") is None:  # a resume has read it (check_resume_data)
-        from recgoat.inference import read_checkpoint
+        from recgoat.training.checkpoint import read_checkpoint
         read_checkpoint(cfg.ckpt_path)  # a missing, empty or truncated file: a message naming it, before any work
 
 
@@ -89,10 +88,8 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     datamodule = instantiate(cfg.datamodule)(dataset=dataset)
 
     timings = Timings()
-    info = {"name": cfg.get("name"), "model": type(model).__name__, "dataset": dataset.stats(), "seed": cfg.seed,
-            "monitor": cfg.monitor, "n_parameters": sum(p.numel() for p in model.parameters()),
-            "provenance": provenance(resolved, dataset.fingerprint()), "config": resolved, "load_s": load_s}
-    summary = RunSummary(output_dir, info, timings)
+    summary = RunSummary(output_dir, timings, run_config=resolved, dataset=dataset, model=model, load_s=load_s,
+                         test=cfg.test)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[*instantiate_group(cfg.get("callbacks")), timings,
                                                               summary],
                                       logger=instantiate_group(cfg.get("logger")) or False)
@@ -102,8 +99,6 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
         trainer.validate(module, datamodule=datamodule, verbose=False)
     if cfg.test:  # once, on the best epoch
         trainer.test(module, datamodule=datamodule, ckpt_path="best" if model.trainable else None, verbose=False)
-    else:  # valid only: the test split is never scored (the leaderboard's search trials)
-        summary.finish(trainer, module, test=None)
     return summary.results
 
 

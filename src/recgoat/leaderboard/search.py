@@ -26,7 +26,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recgoat.leaderboard.space import Space, as_overrides, suggest
+from recgoat.leaderboard.space import Space, as_overrides, load_space, suggest
 
 log = logging.getLogger("recgoat.leaderboard")
 
@@ -195,10 +195,50 @@ def best_dir(plan: Plan, space: Space, overrides: list[str]) -> Path:
     return plan.out_dir / space.name / "best" / ident
 
 
+def trial_seconds(t) -> tuple[float, float | None]:
+    cost = t.user_attrs.get("cost")
+    if cost:
+        return cost["wall_s"], cost["cpu_s"]
+    if t.datetime_start and t.datetime_complete:  # a trial that raised: its wall time
+        return (t.datetime_complete - t.datetime_start).total_seconds(), None
+    return 0.0, None
+
+
+def seed_runs(plan: Plan, space: Space, study) -> list[dict]:
+    best = best_trial(study)
+    if best is None or len(counted_trials(study)) < plan.trials:
+        return []  # the search has not ended: no seed run exists, and none is read
+    folder = best_dir(plan, space, best.user_attrs["overrides"])
+    runs = []
+    for seed in range(1, plan.seeds + 1):
+        path = folder / f"seed_{seed}" / "results.json"
+        if path.is_file():
+            results = json.loads(path.read_text())
+            cost_path = path.with_name("cost.json")
+            cost = (json.loads(cost_path.read_text()) if cost_path.is_file()
+                    else {"wall_s": results["timings"]["load_s"] + results["timings"]["fit_s"], "cpu_s": None})
+            runs.append({"seed": seed, "path": str(path.relative_to(plan.out_dir)), "results": results, "cost": cost})
+    return runs
+
+
+def spent(plan: Plan, model: str) -> tuple[int, float]:
+    """(runs finished, their wall seconds) of one model: its counted trials and seed runs."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=model, storage=plan.storage_url)
+    except KeyError:  # not started
+        return 0, 0.0
+    trials = counted_trials(study)
+    seconds = sum(trial_seconds(t)[0] for t in trials)
+    space = load_space(plan.out_dir / "spaces", model)
+    seeds = seed_runs(plan, space, study)
+    return len(trials) + len(seeds), seconds + sum(r["cost"]["wall_s"] for r in seeds)
+
+
 def progress(plan: Plan, space: Space, what: str, cost: dict | None) -> None:
     """One line: this model's step, and how far the whole leaderboard is (read from the study and the run
     folders, so it is right with several worker processes and after a restart)."""
-    from recgoat.leaderboard.table import spent
     status = {m: spent(plan, m) for m in plan.total_runs}
     done = sum(n for n, _ in status.values())
     seconds = sum(s for _, s in status.values())

@@ -7,52 +7,10 @@ import json
 import statistics
 from pathlib import Path
 
-from recgoat.leaderboard.search import Plan, best_dir, best_trial, counted_trials, load_study
+from recgoat.leaderboard.search import Plan, best_trial, counted_trials, load_study, seed_runs, trial_seconds
 from recgoat.leaderboard.space import Space
 from recgoat.utils.io import atomic_write
 from recgoat.utils.results import write_json_atomic
-
-
-def _trial_seconds(t) -> tuple[float, float | None]:
-    cost = t.user_attrs.get("cost")
-    if cost:
-        return cost["wall_s"], cost["cpu_s"]
-    if t.datetime_start and t.datetime_complete:  # a trial that raised: its wall time
-        return (t.datetime_complete - t.datetime_start).total_seconds(), None
-    return 0.0, None
-
-
-def _seed_runs(plan: Plan, space: Space, study) -> list[dict]:
-    best = best_trial(study)
-    if best is None or len(counted_trials(study)) < plan.trials:
-        return []  # the search has not ended: no seed run exists, and none is read
-    folder = best_dir(plan, space, best.user_attrs["overrides"])
-    runs = []
-    for seed in range(1, plan.seeds + 1):
-        path = folder / f"seed_{seed}" / "results.json"
-        if path.is_file():
-            results = json.loads(path.read_text())
-            cost_path = path.with_name("cost.json")
-            cost = (json.loads(cost_path.read_text()) if cost_path.is_file()
-                    else {"wall_s": results["timings"]["load_s"] + results["timings"]["fit_s"], "cpu_s": None})
-            runs.append({"seed": seed, "path": str(path.relative_to(plan.out_dir)), "results": results, "cost": cost})
-    return runs
-
-
-def spent(plan: Plan, model: str) -> tuple[int, float]:
-    """(runs finished, their wall seconds) of one model: its counted trials and seed runs."""
-    import optuna
-
-    from recgoat.leaderboard.space import load_space
-    try:
-        study = optuna.load_study(study_name=model, storage=plan.storage_url)
-    except KeyError:  # not started
-        return 0, 0.0
-    trials = counted_trials(study)
-    seconds = sum(_trial_seconds(t)[0] for t in trials)
-    space = load_space(plan.out_dir / "spaces", model)
-    seeds = _seed_runs(plan, space, study)
-    return len(trials) + len(seeds), seconds + sum(r["cost"]["wall_s"] for r in seeds)
 
 
 def mean_std(values: list[float]) -> tuple[float, float] | None:
@@ -66,8 +24,8 @@ def row(plan: Plan, space: Space, metrics: list[str]) -> dict:
     study = load_study(plan, space)
     trials = counted_trials(study)
     best = best_trial(study)
-    seeds = _seed_runs(plan, space, study)
-    search_wall = [_trial_seconds(t) for t in trials]
+    seeds = seed_runs(plan, space, study)
+    search_wall = [trial_seconds(t) for t in trials]
     cpu = [c for _, c in search_wall if c is not None] + [r["cost"]["cpu_s"] for r in seeds
                                                           if r["cost"]["cpu_s"] is not None]
     wall = sum(w for w, _ in search_wall) + sum(r["cost"]["wall_s"] for r in seeds)

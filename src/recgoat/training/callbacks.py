@@ -8,6 +8,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping as _LightningEarlyStopping
 
+from recgoat.utils.provenance import provenance
 from recgoat.utils.results import metrics_table, write_json_atomic
 
 log = logging.getLogger("recgoat")
@@ -124,21 +125,30 @@ class EpochSummary(pl.Callback):
 
 
 class RunSummary(pl.Callback):
-    """After the test (once, on the best checkpoint), or after the fit of a valid-only run (``finish``): builds
-    the run's results, logs the final metrics to every logger (a table on W&B), and on rank 0 writes
-    ``results.json`` and prints the table.
+    """The one owner of a run's results: after the test (once, on the best checkpoint), or, for a valid-only run
+    (``test=False``), after the fit (or the validation of an untrained model), it builds the results, logs the final
+    metrics to every logger (a table on W&B), and on rank 0 writes ``results.json`` and prints the table.
 
     Args:
         output_dir: the run directory.
-        info: what the run knows before training (name, model, dataset statistics, seed, parameters, config,
-            provenance, load time); the results add the best epoch, metrics, history and timings.
         timings: the run's :class:`Timings` callback.
+        run_config: the resolved run config (its ``name``, ``seed``, ``monitor``; recorded whole).
+        dataset: the run's data (statistics and fingerprint).
+        model: the recommender (its class and parameter count).
+        load_s: seconds spent loading the data.
+        test: whether the run scores the test split (then the results are built after it).
     """
 
-    def __init__(self, output_dir: str | Path, info: dict, timings: Timings):
+    def __init__(self, output_dir: str | Path, timings: Timings, *, run_config: dict, dataset, model, load_s: float,
+                 test: bool):
         self.output_dir = Path(output_dir)
-        self.info = info
         self.timings = timings
+        self.test = test
+        self.info = {"name": run_config.get("name"), "model": type(model).__name__, "dataset": dataset.stats(),
+                     "seed": run_config["seed"], "monitor": run_config["monitor"],
+                     "n_parameters": sum(p.numel() for p in model.parameters()),
+                     "provenance": provenance(run_config, dataset.fingerprint()), "config": run_config,
+                     "load_s": load_s}
         self.results: dict | None = None
         self._fit_t0 = None
         self._fit_s = 0.0
@@ -148,6 +158,12 @@ class RunSummary(pl.Callback):
 
     def on_fit_end(self, trainer, pl_module):
         self._fit_s = time.perf_counter() - self._fit_t0
+        if not self.test:  # valid only: the test split is never scored (the leaderboard's search trials)
+            self.finish(trainer, pl_module, test=None)
+
+    def on_validation_end(self, trainer, pl_module):
+        if not self.test and trainer.state.fn == "validate":  # an untrained model, validated once
+            self.finish(trainer, pl_module, test=None)
 
     def on_test_end(self, trainer, pl_module):
         self.finish(trainer, pl_module, test=pl_module.last_metrics["test"])

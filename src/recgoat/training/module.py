@@ -12,6 +12,7 @@ from torch import Tensor
 from recgoat.data import RecDataset
 from recgoat.eval import FullRankingEvaluator, MetricSums
 from recgoat.models.base import Recommender
+from recgoat.training.checkpoint import META_KEY, metadata
 
 
 class RecModule(pl.LightningModule):
@@ -100,13 +101,7 @@ class RecModule(pl.LightningModule):
         checkpoint["rng_state"] = {"torch": torch.get_rng_state(),
                                    "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
                                    "python": random.getstate()}
-        # what `recommend` and `export` need to rebuild the model and map ids, without the run dir
-        checkpoint["recgoat"] = {
-            "config": self.run_config,
-            "dataset": {**self.dataset.stats(), "fingerprint": self.dataset.fingerprint()},
-            "user_ids": self.dataset.user_ids.tolist(),
-            "item_ids": self.dataset.item_ids.tolist(),
-        }
+        checkpoint[META_KEY] = metadata(self.run_config, self.dataset)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.checkpoint_epoch = int(checkpoint["epoch"])

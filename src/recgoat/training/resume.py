@@ -61,10 +61,10 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
 def check_resume_data(ckpt_path: str | Path, dataset) -> int:
     """The epoch of the checkpoint, after checking that it is readable and that ``dataset`` is the data it was
     trained on (the one read of the checkpoint before Lightning restores it)."""
-    from recgoat.inference import data_mismatch, read_checkpoint
+    from recgoat.training.checkpoint import data_mismatch, read_checkpoint, read_metadata
 
     ckpt = read_checkpoint(ckpt_path)
-    mismatch = data_mismatch(ckpt_path, ckpt["recgoat"]["dataset"], dataset)
+    mismatch = data_mismatch(ckpt_path, read_metadata(ckpt)["dataset"], dataset)
     if mismatch:
         raise ResumeError(f"{mismatch}: the data changed since the run started, so it cannot be continued")
     return int(ckpt["epoch"])

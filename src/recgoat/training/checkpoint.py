@@ -1,0 +1,53 @@
+"""The one owner of what a recgoat checkpoint carries besides Lightning's state: written by the training module,
+read by resume, ``recommend`` and ``export``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from recgoat.data import RecDataset
+
+META_KEY = "recgoat"  # the checkpoint entry with the run's config, the data's fingerprint and the id maps
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is unreadable, not recgoat's, or does not match the data."""
+
+
+def metadata(run_config: dict, dataset: RecDataset) -> dict:
+    """What ``recommend`` and ``export`` need to rebuild the model and map ids, without the run folder."""
+    return {"config": run_config,
+            "dataset": {**dataset.stats(), "fingerprint": dataset.fingerprint()},
+            "user_ids": dataset.user_ids.tolist(),
+            "item_ids": dataset.item_ids.tolist()}
+
+
+def read_metadata(ckpt: dict) -> dict:
+    """The :func:`metadata` of a checkpoint read by :func:`read_checkpoint`."""
+    return ckpt[META_KEY]
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many types for damaged files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or META_KEY not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not a recgoat checkpoint (no 'recgoat' metadata); "
+                              f"checkpoints are written by python -m recgoat.run")
+    return ckpt
+
+
+def data_mismatch(ckpt_path, recorded: dict, dataset: RecDataset) -> str | None:
+    """``None`` when ``dataset`` has the fingerprint a checkpoint recorded (``recorded``: its ``recgoat.dataset``
+    entry), else what differs."""
+    if dataset.fingerprint() == recorded["fingerprint"]:
+        return None
+    return (f"{ckpt_path}: trained on dataset '{recorded['name']}' ({recorded['n_users']} users, "
+            f"{recorded['n_items']} items, fingerprint {recorded['fingerprint'][:12]}), but the data loaded now is "
+            f"'{dataset.name}' ({dataset.n_users} users, {dataset.n_items} items, fingerprint "
+            f"{dataset.fingerprint()[:12]})")
