@@ -35,7 +35,7 @@ test-dgl:
 	$(DGL_VENV)/bin/python -c "import torch, dgl; print('torch', torch.__version__, '| dgl', dgl.__version__)"
 	$(DGL_VENV)/bin/python -m pytest -q -m dgl -p no:cacheprovider tests/test_dgl.py
 
-bench:
+bench:  # RecGOAT vs MGCN side by side (Baby size, ml100k_mm), then evaluation, training and recommend at Baby size
 	$(BIN)/python benchmarks/bench.py
 
 # cost vs size (Baby, Sports, Electronics statistics) for LightGCN and RecGOAT: table, log-log plot (logs/bench/)

@@ -175,6 +175,69 @@ def scope_shares(model, dataset, steps: int = 3) -> dict[str, float]:
     return {k: shares.get(k, 0.0) for k in sorted({*shares, *OAT_SCOPES})}
 
 
+SYNC_OPS = ("aten::_local_scalar_dense", "aten::is_nonzero")  # .item(), bool(tensor): host syncs on a GPU
+
+
+def step_costs(dataset, name: str, cache_dir: str, steps: int, warm: int = 3) -> dict:
+    """Seconds per epoch (``steps`` timed training steps after ``warm`` untimed ones, times the steps of an epoch)
+    and, from the profiler, aten ops and host synchronisations per step, of one model built from its config."""
+    pl.seed_everything(0, verbose=False)
+    model = build_model(dataset, [f"model={name}", f"paths.cache_dir={cache_dir}"])
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    batches = list(BPRBatches(dataset, TRAIN_BATCH, seed=0, epoch_fn=lambda: 0))
+    model.train()
+
+    def step(batch):
+        loss = model.loss(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for i in range(warm):
+        step(batches[i % len(batches)])
+    t = time.perf_counter()
+    for i in range(steps):
+        step(batches[(warm + i) % len(batches)])
+    step_s = (time.perf_counter() - t) / steps
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(batches[0])
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+    top_level = [e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+    return {"model": name, "epoch_s": step_s * len(batches), "step_s": step_s, "steps_per_epoch": len(batches),
+            "aten_ops": len(top_level), "host_syncs": sum(e.name in SYNC_OPS for e in events)}
+
+
+def side_by_side(datasets: list[tuple[str, RecDataset]], steps: int) -> list[dict]:
+    """RecGOAT's and MGCN's step on the same data and threads, one after the other, and their ratio."""
+    rows = []
+    with tempfile.TemporaryDirectory() as cache_dir:
+        for label, dataset in datasets:
+            pair = {name: step_costs(dataset, name, cache_dir, steps) for name in ("recgoat", "mgcn")}
+            rows.append({"data": label, **{f"{m}_{k}": v for m, r in pair.items() for k, v in r.items()
+                                           if k != "model"},
+                         "ratio": pair["recgoat"]["epoch_s"] / pair["mgcn"]["epoch_s"],
+                         "ops_ratio": pair["recgoat"]["aten_ops"] / pair["mgcn"]["aten_ops"]})
+    print(f"\n## RecGOAT vs MGCN, side by side (batch {TRAIN_BATCH}, {torch.get_num_threads()} threads, {steps} steps "
+          f"timed after 3; aten ops and host syncs of one step, profiler)")
+    print("| data | RecGOAT s / epoch | MGCN s / epoch | ratio (goal <= 1.25) | RecGOAT aten ops | MGCN aten ops "
+          "| ops ratio (<= 2) | RecGOAT host syncs | MGCN host syncs |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['data']} | {r['recgoat_epoch_s']:.2f} | {r['mgcn_epoch_s']:.2f} | {r['ratio']:.2f} "
+              f"| {r['recgoat_aten_ops']} | {r['mgcn_aten_ops']} | {r['ops_ratio']:.2f} | {r['recgoat_host_syncs']} "
+              f"| {r['mgcn_host_syncs']} |")
+    return rows
+
+
+def ml100k_mm() -> RecDataset | None:
+    """ml100k_mm with its built features, or ``None`` (skipped) where they are not built."""
+    try:
+        return instantiate(compose(["dataset=ml100k_mm"]).dataset)
+    except Exception as e:  # the third-party data or its features are absent
+        print(f"(ml100k_mm skipped: {e})")
+        return None
+
+
 def bench_recommend(dataset, k: int = 20) -> dict:
     torch.manual_seed(0)
     model = build_model(dataset, ["model=lightgcn"]).eval()
@@ -192,12 +255,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", choices=MODELS, default=MODELS)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per model in the side-by-side table")
+    parser.add_argument("--only-side-by-side", action="store_true", help="just RecGOAT vs MGCN")
     args = parser.parse_args()
 
     dataset, source = baby_sized()
     print(f"data: {source}: {dataset.n_users} users, {dataset.n_items} items, {dataset.train.nnz} train pairs")
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
+    ml = ml100k_mm()
+    pairs = side_by_side([("Baby-sized", with_random_features(dataset)),
+                          *([("ml100k_mm", ml)] if ml is not None else [])], args.steps)
+    if args.only_side_by_side:
+        return
     ev = bench_eval(dataset)
     print("\n## Full-ranking evaluation (all users with test items, Recall/NDCG/Precision/MAP/Hit @10,20)")
     print("| bound: score product + top-20 (s) | recgoat evaluator (s) | ratio (target <= 1.5) |")
@@ -232,7 +302,7 @@ def main() -> None:
     out = project_root() / "logs" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"data": source, "eval": ev, "train": rows, "recommend": rec,
+    path.write_text(json.dumps({"data": source, "eval": ev, "train": rows, "recommend": rec, "side_by_side": pairs,
                                 "peak_rss_mb": peak_rss_mb(),
                                 "torch": torch.__version__, "threads": torch.get_num_threads()}, indent=2))
     print(f"written: {path}")

@@ -19,7 +19,7 @@ RUN = [*TINY_DATA, *QUIET, "trainer.max_epochs=1"]
 @pytest.mark.parametrize("override,message", [
     ("evaluation.ks=[5,10]", r"monitor=recall@20 is not among the evaluated metrics .*add its cut-off to "
                              r"evaluation.ks \(now \[5, 10\]\)"),
-    ("trainer.max_epochs=0", r"trainer.max_epochs must be >= 1 to train LightGCN \(got 0\)"),
+    ("trainer.max_epochs=0", r"trainer.max_epochs must be >= 1 to train RecGOAT \(got 0\)"),
     ("evaluation.user_batch=0", r"evaluation.user_batch and evaluation.item_chunk must be positive integers"),
     ("datamodule.batch_size=0", r"datamodule.batch_size must be a positive integer, got 0"),
     ("model.embedding_dim=0", r"model.embedding_dim must be a positive integer, got 0"),

@@ -69,14 +69,36 @@ def test_w1_subsampling_keeps_pairs_and_every_sampled_row_gets_gradient():
     assert bool((small.grad.abs().sum(1) > 0).all())     # below max_points: every row
 
 
-def test_warm_started_plan_reaches_the_same_fixed_point_faster():
+def test_warm_started_plans_track_the_fixed_point_with_a_fixed_number_of_updates():
     g = torch.Generator().manual_seed(7)
     zm, zid = torch.randn(400, 16, generator=g), torch.randn(400, 16, generator=g)
-    cold = DimensionTransport(eps=0.01, warm_start=False)
-    warm = DimensionTransport(eps=0.01)
-    warm.plan(zm, zid, key="text")                       # fills the cache
+    cold = DimensionTransport(eps=0.01, warm_iters=None)
+    warm = DimensionTransport(eps=0.01, warm_iters=10)
+    warm.plan(zm, zid, key="text")                       # a cold start: iterates to tol, fills the cache
+    assert warm.last_iters > 10
     nudged = zm + 1e-3 * torch.randn(400, 16, generator=g)
-    p_cold, p_warm = cold.plan(nudged, zid, key="text"), warm.plan(nudged, zid, key="text")
+    p_cold = cold.plan(nudged, zid, key="text")
+    p_warm = warm.plan(nudged, zid, key="text")
+    assert warm.last_iters == 10                          # exactly warm_iters updates, no convergence test
     torch.testing.assert_close(p_warm, p_cold, atol=5e-3, rtol=0)
+    for _ in range(20):                                   # steps on the same embeddings converge to the cold plan
+        p_warm = warm.plan(nudged, zid, key="text")
+    torch.testing.assert_close(p_warm, p_cold, atol=1e-4, rtol=0)
     torch.testing.assert_close(p_warm.sum(0), torch.ones(16), atol=1e-4, rtol=0)
-    assert warm.last_iters <= cold.last_iters
+    other = warm.plan(zid, zm, key="image")               # another key: a cold start of its own
+    torch.testing.assert_close(other, cold.plan(zid, zm), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="warm_iters must be >= 1 or null"):
+        DimensionTransport(eps=0.01, warm_iters=0)
+
+
+def test_w1_of_several_clouds_is_the_sum_of_their_divergences_on_the_same_rows():
+    g = torch.Generator().manual_seed(11)
+    a, b, y = (torch.randn(60, 8, generator=g) for _ in range(3))
+    w1 = SinkhornW1(weight=1.0, blur=0.05, scaling=0.5, max_points=None)
+    torch.testing.assert_close(w1([a, b], y), w1(a, y) + w1(b, y), atol=1e-5, rtol=1e-5)
+    sampled = SinkhornW1(weight=1.0, blur=0.05, scaling=0.5, max_points=20)
+    torch.manual_seed(0)
+    both = sampled([a, b], y)
+    torch.manual_seed(0)
+    idx = torch.randperm(60)[:20]                                      # the rows it drew, the same for both clouds
+    torch.testing.assert_close(both, w1(a[idx], y[idx]) + w1(b[idx], y[idx]), atol=1e-5, rtol=1e-5)

@@ -134,7 +134,7 @@ def test_detached_alignment_moves_the_modality_branches_only(tiny_synthetic, tmp
 
 
 def test_the_oat_map_maps_each_modality_towards_the_user_item_views_items(tiny_synthetic, tmp_path):
-    model = small_recgoat(tiny_synthetic, tmp_path, "model.alignment.oat_map.warm_start=false").eval()
+    model = small_recgoat(tiny_synthetic, tmp_path, "model.alignment.oat_map.warm_iters=null").eval()
     with torch.no_grad():
         reps, modal = model.representations(), model.modality_branches()
         items = reps["views"]["ui"][1]                     # the user-item view's items

@@ -59,5 +59,5 @@ class Alignment(nn.Module):
             yield "cmcl", self.cmcl.weight, self.cmcl(aligned, fused)
         if self.oat_w1 is not None:
             with record_function("recgoat.oat_w1"):
-                w1 = sum(self.oat_w1(z, item_id) for z in aligned.values())
+                w1 = self.oat_w1(list(aligned.values()), item_id)
             yield "oat_w1", self.oat_w1.weight, w1

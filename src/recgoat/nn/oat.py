@@ -41,10 +41,11 @@ class DimensionTransport(nn.Module):
     geomloss stops after its :math:`\varepsilon`-scaling schedule with marginals that are only
     approximately met (errors of 10-20% at small :math:`\varepsilon`), so log-domain Sinkhorn
     updates continue from its potentials until both marginals hold to ``tol`` (at most
-    ``max_refine_iters``). During training the embeddings move little between steps, so with
-    ``warm_start`` the previous step's converged potentials start the updates instead (the fixed
-    point is the same; it is reached in a few iterations instead of ~100). The result is returned
-    as ``d T^*`` (rows and columns sum to 1) and carries no gradient.
+    ``max_refine_iters``; the test every ``check_every`` updates). During training the embeddings move
+    little between steps, so with ``warm_iters`` the previous call's potentials start exactly
+    ``warm_iters`` updates instead, with no convergence test (no host synchronisation, a fixed cost per
+    step): the potentials track the moving fixed point across steps. The result is returned as
+    ``d T^*`` (rows and columns sum to 1 once converged) and carries no gradient.
 
     Args:
         eps: entropic regularisation :math:`\varepsilon` (authors: 0.01).
@@ -56,12 +57,18 @@ class DimensionTransport(nn.Module):
         scaling: geomloss's :math:`\varepsilon`-scaling ratio (closer to 1: more iterations).
         tol: marginal tolerance of the refinement (on ``d T*``, whose marginals are all ones).
         max_refine_iters: cap on the refinement iterations.
+        check_every: updates between two tests of the marginals (each test a host synchronisation).
+        warm_iters: Sinkhorn updates of a call that starts from the previous call's potentials for the same ``key``;
+            ``None``: no warm start, every call iterates from geomloss's solution to ``tol``.
     """
 
     def __init__(self, eps: float = 0.01, cost_scale: float = 1.0, normalize_cost: bool = True, scaling: float = 0.5,
-                 tol: float = 1e-4, max_refine_iters: int = 2000, warm_start: bool = True):
+                 tol: float = 1e-4, max_refine_iters: int = 2000, check_every: int = 10, warm_iters: int | None = 10):
         super().__init__()
-        self.warm_start = warm_start
+        if warm_iters is not None and warm_iters < 1:
+            raise ValueError(f"oat_map.warm_iters must be >= 1 or null, got {warm_iters}")
+        self.warm_iters = warm_iters
+        self.check_every = check_every
         self._potentials: dict[str, tuple[Tensor, Tensor]] = {}
         self.eps = eps
         self.cost_scale = cost_scale
@@ -91,10 +98,11 @@ class DimensionTransport(nn.Module):
         self._n = zm.shape[0]
         d_m, d_id = zm.shape[1], zid.shape[1]
         cost = dimension_cost(zm, zid)                                     # [d_m, d_id]
-        self._norm = (cost.max() - cost.min()).clamp_min(1e-12).item() if self.normalize_cost else 1.0
+        self._norm = (cost.max() - cost.min()).clamp_min(1e-12) if self.normalize_cost else 1.0  # no .item(): no sync
         cost = cost * (self.cost_scale / self._norm)
-        cached = self._potentials.get(key) if self.warm_start and key is not None else None
-        if cached is not None and cached[0].shape == (d_m,) and cached[0].device == zm.device:
+        cached = self._potentials.get(key) if self.warm_iters is not None and key is not None else None
+        warm = cached is not None and cached[0].shape == (d_m,) and cached[0].device == zm.device
+        if warm:
             f, g = cached
         else:
             f, g = self.solver(zm.T.contiguous(), zid.T.contiguous())     # same cost, via self._cost
@@ -113,12 +121,14 @@ class DimensionTransport(nn.Module):
         # (the plan's columns are d_id * b = 1 in the returned scale).
         self.last_iters = 0
         big_g_next = g_update(big_f)
-        while self.last_iters < self.max_refine_iters:
+        limit = self.warm_iters if warm else self.max_refine_iters
+        while self.last_iters < limit:
             big_g = big_g_next
             big_f = -torch.logsumexp(log_b + big_g[None, :] + neg_k, dim=1)
             big_g_next = g_update(big_f)
             self.last_iters += 1
-            if (big_g - big_g_next).exp().sub(1).abs().max() < self.tol:
+            if not warm and self.last_iters % self.check_every == 0 \
+                    and (big_g - big_g_next).exp().sub(1).abs().max() < self.tol:
                 break
         if key is not None:
             self._potentials[key] = (big_f * self.eps, big_g * self.eps)
@@ -151,7 +161,9 @@ class SinkhornW1(nn.Module):
 
     Clouds larger than ``max_points`` are subsampled (the same random rows of both, so paired
     items stay paired): a few hundred points is a sound stochastic estimate at a fraction of the
-    quadratic cost.
+    quadratic cost. Several clouds against one target (one per modality) are solved as one batch,
+    the same rows of each, with the diameter of unit vectors (2) fixed, so the number of
+    Sinkhorn iterations is known in advance (no data-dependent schedule).
 
     Args:
         weight: :math:`\lambda_{ot}`, the multiplier of the term in the model's loss.
@@ -164,11 +176,14 @@ class SinkhornW1(nn.Module):
         super().__init__()
         self.weight = weight
         self.max_points = max_points
-        self.loss = SamplesLoss("sinkhorn", p=1, blur=blur, scaling=scaling, debias=True, backend="tensorized")
+        self.loss = SamplesLoss("sinkhorn", p=1, blur=blur, scaling=scaling, debias=True, backend="tensorized",
+                                diameter=2.0)
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        # x: [n, d], y: [n, d] -> scalar
-        if self.max_points is not None and x.shape[0] > self.max_points:
-            idx = torch.randperm(x.shape[0], device=x.device)[: self.max_points]
-            x, y = x[idx], y[idx]
-        return self.loss(F.normalize(x, dim=-1), F.normalize(y, dim=-1))
+    def forward(self, x: Tensor | list[Tensor], y: Tensor) -> Tensor:
+        # x: [n, d] or a list of [n, d] (their divergences summed), y: [n, d] -> scalar
+        xs = torch.stack(x) if isinstance(x, list | tuple) else x[None]              # [M, n, d]
+        if self.max_points is not None and xs.shape[1] > self.max_points:
+            idx = torch.randperm(xs.shape[1], device=xs.device)[: self.max_points]
+            xs, y = xs[:, idx], y[idx]
+        ys = F.normalize(y, dim=-1).expand(xs.shape[0], -1, -1)
+        return self.loss(F.normalize(xs, dim=-1), ys).sum()
