@@ -102,7 +102,7 @@ def test_search_never_scores_test_and_the_table_equals_the_runs(tmp_path, monkey
 
 def _cli(out: Path, *overrides: str) -> list[str]:
     return [sys.executable, "-m", "recgoat.leaderboard", "models=[lightgcn]", *overrides, TINY_RUN,
-            "budget.max_epochs=80", "budget.patience=1000", f"out_dir={out}"]
+            "budget.max_epochs=30", "budget.patience=1000", f"out_dir={out}"]
 
 
 def _summary(out: Path) -> list[tuple]:
