@@ -70,13 +70,13 @@ class RecGOAT(Recommender):
         self.user_emb = id_embedding(self.n_users, d)
         self.item_emb = id_embedding(self.n_items, d)
         self.id_encoder = id_encoder
+        ui_adj = normalized_bipartite_adjacency(dataset.train)
         attention = isinstance(id_encoder, AttentionPropagation)  # it reads the graph's edges, LightGCN multiplies
-        self.ui_graph = DeviceCSR((bipartite_adjacency if attention else normalized_bipartite_adjacency)(dataset.train))
+        self.ui_graph = DeviceCSR(bipartite_adjacency(dataset.train) if attention else ui_adj)
         self.modality_branches = modality_branches(features=features, dim=d, knn=knn)
         self.side_view = None
-        if side_view is not None:
-            r_hat = normalized_bipartite_adjacency(dataset.train)[: self.n_users, self.n_users:]
-            self.side_view = side_view(features=features, dim=d, r_hat=r_hat, knn=knn)
+        if side_view is not None:  # R^ = D_u^-1/2 R D_i^-1/2, the user-item block of the normalised adjacency
+            self.side_view = side_view(features=features, dim=d, r_hat=ui_adj[: self.n_users, self.n_users:], knn=knn)
         self.user_branch = None
         if user_branch is not None:
             if dataset.user_features is None:
