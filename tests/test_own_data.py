@@ -198,3 +198,23 @@ def test_the_readmes_own_data_walkthrough_runs_as_written(tmp_path):
         train_items = {data.item_ids[i] for i in data.train[row].indices}
         assert all(str(i).startswith("p") for i in r["items"]) and len(set(r["items"])) == 5
         assert not set(r["items"]) & train_items
+
+
+def test_features_built_for_other_item_ids_are_refused_with_both_hashes(tmp_path):
+    from recgoat.data.features import ids_digest
+    from recgoat.features.provenance import write_features
+    rows = [(f"u{u}", f"p{i}") for u in range(12) for i in range(u % 4, u % 4 + 6)]
+    path = write(tmp_path / "shop.csv", "user_id,item_id", rows)
+    d = csv_load(path)
+    feats = tmp_path / "features"
+    x = np.random.default_rng(0).normal(size=(d.n_items, 4)).astype(np.float32)
+    write_features(feats / "text_feat.npy", x, {"name": "test"}, "inputs",
+                   row_order={"item_ids_sha256": ids_digest(d.item_ids), "n_rows": d.n_items})
+    np.testing.assert_array_equal(csv_load(path, feature_dir=feats).item_features["text"], x)  # the same ids: read
+    renamed = write(tmp_path / "renamed.csv", "user_id,item_id",   # one item renamed: the same count, other ids
+                    [(u, "p99" if i == "p0" else i) for u, i in rows])
+    with pytest.raises(Exception, match=rf"text_feat.npy: built for other item ids than dataset 'toy' has .*records "
+                                        rf"item ids sha256 {ids_digest(d.item_ids)[:12]}, the data's are "
+                                        rf"[0-9a-f]{{12}}.*python -m recgoat.features") as refused:
+        csv_load(renamed, feature_dir=feats)
+    assert isinstance(refused.value.__cause__ or refused.value, DataError)  # Hydra wraps what the loader raised

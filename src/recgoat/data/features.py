@@ -1,6 +1,8 @@
 """Reading feature files that sit beside interaction files (MMRec's ``<modality>_feat.npy``)."""
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,46 @@ from recgoat.data.errors import DataError
 
 USER_FEATURE_FILE = "user_pref_feat.npy"
 FEATURE_SUFFIX = "_feat.npy"
+
+
+def digest(parts) -> str:
+    """sha256 over an iterable of str/bytes, each length-prefixed so boundaries count."""
+    h = hashlib.sha256()
+    for p in parts:
+        b = p if isinstance(p, bytes) else str(p).encode()
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def ids_digest(ids) -> str:
+    """The digest of an id list that feature sidecars record (``row_order.item_ids_sha256`` / ``user_ids_sha256``)."""
+    return digest(str(i) for i in ids)
+
+
+def check_row_order(dataset, folder: Path | None):
+    """``dataset``, once every feature file in ``folder`` whose sidecar (``<file>.json``, written by
+    ``python -m recgoat.features``) records the ids its rows follow was built for this dataset's ids: features built
+    before an id changed would otherwise be attached to the wrong items or users, silently."""
+    if folder is None:
+        return dataset
+    for npy in sorted(Path(folder).glob(f"*{FEATURE_SUFFIX}")):
+        side = npy.with_suffix(".json")
+        if not side.is_file():
+            continue
+        try:
+            order = json.loads(side.read_text()).get("row_order") or {}
+        except (OSError, ValueError):
+            continue  # not our sidecar
+        for key, ids, what in (("item_ids_sha256", dataset.item_ids, "item"), ("user_ids_sha256", dataset.user_ids,
+                                                                               "user")):
+            if key in order and order[key] != ids_digest(ids):
+                raise DataError(
+                    f"{npy}: built for other {what} ids than dataset '{dataset.name}' has (its sidecar {side.name} "
+                    f"records {what} ids sha256 {order[key][:12]}, the data's are {ids_digest(ids)[:12]}): its rows "
+                    f"would belong to other {what}s. Rebuild the features for this data: python -m recgoat.features "
+                    f"<the same dataset overrides> (it rebuilds what changed), or point dataset.feature_dir elsewhere")
+    return dataset
 
 
 def find_feature_files(folder: Path, modalities: list[str] | None = None) -> dict[str, Path]:

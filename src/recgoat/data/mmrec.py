@@ -18,7 +18,7 @@ import numpy as np
 
 from recgoat.data.dataset import SPLITS, RecDataset
 from recgoat.data.errors import DataError
-from recgoat.data.features import find_feature_files, load_item_features, load_user_features
+from recgoat.data.features import check_row_order, find_feature_files, load_item_features, load_user_features
 from recgoat.data.splitting import assemble_splits
 
 REQUIRED_INTER_COLUMNS = ("userID", "itemID", "x_label")
@@ -167,7 +167,7 @@ def load_mmrec(path: str | Path, name: str | None = None, modalities: list[str] 
                                max_item_ref=(int(items[top]), f"{inter_path}:{lines[top]}"))
     data = compact_ids(users, items, str(inter_path), n_users, n_items, feats,
                        load_user_features(folder, n_users, user_features), _attach_id_maps(folder, n_users, n_items))
-    return assemble_splits(name, labels=labels, source=str(inter_path), **data)
+    return check_row_order(assemble_splits(name, labels=labels, source=str(inter_path), **data), folder)
 
 
 def read_user_items_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -221,4 +221,4 @@ def load_split_txt(path: str | Path, name: str | None = None, feature_dir: str |
         feats = load_item_features(files, n_items, max_item_ref=(int(items.max()), f"in {parts[which][3]}"))
     data = compact_ids(users, items, str(folder), n_users, n_items, feats,
                        load_user_features(fdir, n_users, user_features), _attach_id_maps(folder, n_users, n_items))
-    return assemble_splits(name or folder.name, labels=labels, source=str(folder), **data)
+    return check_row_order(assemble_splits(name or folder.name, labels=labels, source=str(folder), **data), fdir)

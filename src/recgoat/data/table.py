@@ -18,7 +18,7 @@ import numpy as np
 
 from recgoat.data.dataset import RecDataset
 from recgoat.data.errors import DataError
-from recgoat.data.features import find_feature_files, load_item_features, load_user_features
+from recgoat.data.features import check_row_order, find_feature_files, load_item_features, load_user_features
 from recgoat.data.mmrec import open_text
 from recgoat.data.splitting import TEST, TRAIN, VALID, assemble_splits, kcore_filter, split_per_user
 
@@ -195,7 +195,7 @@ def load_csv(path: str | Path, *, columns: dict, delimiter: str | None, min_rati
     n_users, n_items = len(user_ids), len(item_ids)
     fdir = Path(feature_dir) if feature_dir else None
     feats = load_item_features(find_feature_files(fdir, modalities), n_items) if fdir else {}
-    return assemble_splits(name or path.stem, users, items, labels, n_users, n_items, source=str(path),
+    return check_row_order(assemble_splits(name or path.stem, users, items, labels, n_users, n_items, source=str(path),
                            item_features=feats,
                            user_features=load_user_features(fdir, n_users, user_features) if fdir else None,
-                           user_ids=user_ids, item_ids=item_ids)
+                           user_ids=user_ids, item_ids=item_ids), fdir)

@@ -13,7 +13,7 @@ import numpy as np
 
 from recgoat.data.dataset import RecDataset
 from recgoat.data.errors import DataError
-from recgoat.data.features import find_feature_files, load_item_features, load_user_features
+from recgoat.data.features import check_row_order, find_feature_files, load_item_features, load_user_features
 from recgoat.data.splitting import TEST, TRAIN, VALID, assemble_splits
 
 
@@ -77,7 +77,8 @@ def load_unisrec(path: str | Path, name: str = "Scientific", feature_dir: str | 
         labels += [TRAIN] * (len(seq) - 2) + [VALID, TEST]
     fdir = Path(feature_dir) if feature_dir else None
     feats = load_item_features(find_feature_files(fdir, modalities), n_items) if fdir else {}
-    return assemble_splits(name, np.asarray(users), np.asarray(items), np.asarray(labels), n_users, n_items,
-                           source=str(folder / f"{name}.test.inter"), item_features=feats,
-                           user_features=load_user_features(fdir, n_users, user_features) if fdir else None,
-                           user_ids=user_ids, item_ids=item_ids)
+    dataset = assemble_splits(name, np.asarray(users), np.asarray(items), np.asarray(labels), n_users, n_items,
+                              source=str(folder / f"{name}.test.inter"), item_features=feats,
+                              user_features=load_user_features(fdir, n_users, user_features) if fdir else None,
+                              user_ids=user_ids, item_ids=item_ids)
+    return check_row_order(dataset, fdir)

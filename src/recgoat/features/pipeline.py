@@ -6,16 +6,13 @@ import time
 from pathlib import Path
 
 from recgoat.data import RecDataset
+from recgoat.data.features import digest, ids_digest
 from recgoat.features import profiles as prof
 from recgoat.features.llm import generate, read_cache
-from recgoat.features.provenance import digest, is_up_to_date, write_features
+from recgoat.features.provenance import is_up_to_date, write_features
 from recgoat.features.sources import item_text
 
 log = logging.getLogger("recgoat")
-
-
-def _ids_digest(ids) -> str:
-    return digest(str(i) for i in ids)
 
 
 def _file_digest(path: Path | None) -> str:
@@ -48,7 +45,7 @@ def build_features(dataset: RecDataset, metadata: dict, out_dir: str | Path, tex
         texts.append(t)
         for f in miss:
             missing_fields[f] += 1
-    row_order = {"rows": "dataset item index (item_ids order)", "item_ids_sha256": _ids_digest(dataset.item_ids),
+    row_order = {"rows": "dataset item index (item_ids order)", "item_ids_sha256": ids_digest(dataset.item_ids),
                  "n_rows": dataset.n_items}
 
     if text_encoder is not None:
@@ -165,7 +162,7 @@ def _user_profiles(dataset, metas, texts, out, text_encoder, mode, max_history, 
         x = text_encoder.encode(profile_texts, desc="user profiles")
         stats["seconds"] = time.perf_counter() - t0
         write_features(path, x, enc, h, row_order={"rows": "dataset user index (user_ids order)",
-                                                   "user_ids_sha256": _ids_digest(dataset.user_ids)},
+                                                   "user_ids_sha256": ids_digest(dataset.user_ids)},
                        history="training interactions only", **source)
     else:
         stats["status"] = "up to date"

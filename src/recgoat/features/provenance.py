@@ -7,23 +7,12 @@ to temporary names and renamed, so an interrupted run never leaves a half-writte
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from recgoat.utils.io import atomic_write
-
-
-def digest(parts) -> str:
-    """sha256 over an iterable of str/bytes, each length-prefixed so boundaries count."""
-    h = hashlib.sha256()
-    for p in parts:
-        b = p if isinstance(p, bytes) else str(p).encode()
-        h.update(len(b).to_bytes(8, "little"))
-        h.update(b)
-    return h.hexdigest()
 
 
 def sidecar_path(npy: Path) -> Path:
