@@ -166,3 +166,23 @@ def test_an_item_table_serves_an_mmrec_folder_through_its_id_map(tmp_path, text_
     assert side["items_without_metadata"] == ["B004"]
     x = np.load(out / "text_feat.npy")
     np.testing.assert_allclose(x[2], text_encoder.encode(["Title: Thing number 2."])[0], rtol=1e-4, atol=1e-5)
+
+
+def test_template_profiles_name_items_by_the_given_text_and_a_profile_without_text_is_an_error(tmp_path,
+                                                                                               text_encoder):
+    import scipy.sparse as sp
+
+    from recgoat.data import DataError, RecDataset
+    from recgoat.features.pipeline import _user_profiles
+
+    train = sp.csr_matrix(np.array([[1, 1, 0], [0, 0, 1]], dtype=np.float32))
+    d = RecDataset("t", train, sp.csr_matrix(train.shape), sp.csr_matrix(train.shape),
+                   user_ids=np.array(["a", "b"]), item_ids=np.array(["x", "y", "z"]))
+    metas = [{"name": "Kettle"}, {"name": "Pan"}, {"description": "Cast iron"}]  # an item table's columns, no title
+    texts = ["Name: Kettle.", "Name: Pan.", "Description: Cast iron."]
+    _user_profiles(d, metas, texts, tmp_path, text_encoder, "template", 50, None, 1, "template", False)
+    profiles = (tmp_path / "user_profiles.txt").read_text().splitlines()
+    assert profiles[0].endswith("Items: Name: Kettle.; Name: Pan..") and "Description: Cast iron." in profiles[1]
+    with pytest.raises(DataError, match=r"1 user profile\(s\) would have no item text \(first: user 'b'\)"):
+        _user_profiles(d, metas[:2] + [None], texts[:2] + [""], tmp_path, text_encoder, "template", 50, None, 1,
+                       "template", False)

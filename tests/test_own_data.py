@@ -187,6 +187,9 @@ def test_the_readmes_own_data_walkthrough_runs_as_written(tmp_path):
     assert text["items_without_metadata"] == ["p30"]
     assert sorted(image["missing_images"]) == ["p14", "p21", "p28", "p30", "p7"]  # no photo file, or no row
     results = json.loads((shop / "run" / "results.json").read_text())
+    profiles = (features / "user_profiles.txt").read_text().splitlines()  # the template profiles, one per customer
+    assert len(profiles) == results["dataset"]["n_users"]
+    assert all("Name: Product " in p and "Description: A sturdy " in p for p in profiles)  # the table's columns
     assert results["model"] == "RecGOAT" and results["dataset"]["name"] == "shop"
     assert 0.0 < results["test"]["recall@20"] <= 1.0
     recs = [json.loads(line) for line in (shop / "recs.jsonl").read_text().splitlines()]

@@ -5,7 +5,7 @@ import logging
 import time
 from pathlib import Path
 
-from recgoat.data import RecDataset
+from recgoat.data import DataError, RecDataset
 from recgoat.data.features import digest, ids_digest
 from recgoat.features import profiles as prof
 from recgoat.features.llm import generate, read_cache
@@ -115,9 +115,15 @@ def llm_usage(cache_path: Path, requests: dict, client, wall_s: float) -> dict:
 def _user_profiles(dataset, metas, texts, out, text_encoder, mode, max_history, client, concurrency, without_answer,
                    force) -> dict:
     histories = prof.training_histories(dataset, max_history)
-    titles = [(m or {}).get("title") or "" for m in metas]
+    # an item is named by its title, or by its text from the fields the source was given (an item table's columns)
+    names = [(m or {}).get("title") or text for m, text in zip(metas, texts, strict=True)]
+    empty = [dataset.user_ids[u] for u, h in enumerate(histories) if not any(names[i] for i in h)]
+    if empty:
+        raise DataError(f"{len(empty)} user profile(s) would have no item text (first: user {str(empty[0])!r}): "
+                        f"none of their training items has a title or text in the item metadata; check the source's "
+                        f"text columns and that its ids are the interactions' item ids")
     categories = [(m or {}).get("genres") or (m or {}).get("category") for m in metas]
-    templates = [prof.template_profile(h, titles, categories) for h in histories]
+    templates = [prof.template_profile(h, names, categories) for h in histories]
     stats: dict = {"mode": mode, "users": dataset.n_users}
     if mode == "template":
         profile_texts = templates
