@@ -165,3 +165,10 @@ def test_the_readmes_add_a_model_example_trains_as_written(tmp_path, monkeypatch
     res = run_in_process(["model=mymf", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "debug=tiny",
                           "logger=none", "trainer.max_epochs=2"], tmp_path / "run")
     assert res["model"] == "MyMF" and len(res["valid_history"]) == 2 and 0.0 < res["test"]["recall@20"] <= 1.0
+
+
+def test_a_misspelt_top_level_key_added_with_plus_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown top-level key\(s\) \['seeed'\]: the root config "
+                                          r"\(conf/config.yaml\) takes .*seed"):
+        run_in_process(["+seeed=1", "debug=fast"], tmp_path)
+    assert not (tmp_path / "results.json").exists()

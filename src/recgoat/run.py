@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recgoat.training import RecModule, RunSummary, Timings
 from recgoat.training.resume import check_resume_data, refuse_used_run_dir, resume_config, truncate_metrics
-from recgoat.utils.config import check_targets, conf_dir
+from recgoat.utils.config import check_root_keys, check_targets, conf_dir
 
 log = logging.getLogger("recgoat")
 
@@ -68,6 +68,7 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     """Run one experiment from a composed config; returns the results dict written to results.json."""
     output_dir = Path(output_dir or HydraConfig.get().runtime.output_dir)
     check_targets(cfg)
+    check_root_keys(cfg)
     resuming = cfg.get("resume") is not None
     if not resuming:
         refuse_used_run_dir(output_dir)

@@ -99,6 +99,17 @@ def check_targets(cfg: DictConfig) -> None:
     walk({k: v for k, v in root.items() if k != "hydra"}, "")  # Hydra checks its own nodes
 
 
+def check_root_keys(cfg: DictConfig) -> None:
+    """A top-level key of a run config (``conf/config.yaml``) that the root config does not have and no config group is named (``+seeed=1``, a misspelt ``+``
+    override) is an error, not a value no code reads."""
+    known = {k for k in OmegaConf.load(conf_dir() / "config.yaml") if k != "defaults"}
+    known |= {p.name for p in conf_dir().iterdir() if p.is_dir()} | {"hydra"}
+    unknown = sorted(k for k in cfg if k not in known)
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {unknown}: the root config (conf/config.yaml) takes "
+                          f"{', '.join(sorted(known - {'hydra'}))}")
+
+
 def run_dir(resume: str | None, new: str) -> str:
     """Hydra's run folder: the folder being resumed, or a new one."""
     return str(Path(resume).resolve()) if resume else new
