@@ -100,8 +100,8 @@ def check_targets(cfg: DictConfig) -> None:
 
 
 def check_root_keys(cfg: DictConfig) -> None:
-    """A top-level key of a run config (``conf/config.yaml``) that the root config does not have and no config group is named (``+seeed=1``, a misspelt ``+``
-    override) is an error, not a value no code reads."""
+    """A top-level key of a run config that the root config (``conf/config.yaml``) does not have and no config group
+    is named (``+seeed=1``, a misspelt ``+`` override) is an error, not a value no code reads."""
     known = {k for k in OmegaConf.load(conf_dir() / "config.yaml") if k != "defaults"}
     known |= {p.name for p in conf_dir().iterdir() if p.is_dir()} | {"hydra"}
     unknown = sorted(k for k in cfg if k not in known)
