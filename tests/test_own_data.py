@@ -221,3 +221,22 @@ def test_features_built_for_other_item_ids_are_refused_with_both_hashes(tmp_path
                                         rf"[0-9a-f]{{12}}.*python -m recgoat.features") as refused:
         csv_load(renamed, feature_dir=feats)
     assert isinstance(refused.value.__cause__ or refused.value, DataError)  # Hydra wraps what the loader raised
+
+
+def test_ids_are_never_coerced_into_one_another(tmp_path):
+    rows = [(u, i) for u in ("7", "007", "1_0", "10") for i in ("a", "b", "c")]
+    d = csv_load(write(tmp_path / "ids.csv", "user_id,item_id", rows))
+    assert sorted(d.user_ids) == ["007", "10", "1_0", "7"]               # four customers, not two
+    items = (3, 20, 100, 4, 5, 6, 7, 8, 9, 11)
+    numeric = csv_load(write(tmp_path / "num.csv", "user_id,item_id", [(u, i) for u in (10, 9, -1) for i in items]))
+    assert numeric.user_ids.tolist() == [-1, 9, 10] and numeric.item_ids.tolist() == sorted(items)  # numbers
+
+
+def test_an_id_with_a_line_break_and_a_repeated_header_are_named_by_file_and_line(tmp_path):
+    path = tmp_path / "nl.csv"
+    path.write_text('user_id,item_id\nu1,i1\n"u\n2",i2\n')
+    with pytest.raises(Exception, match=r"nl.csv:4: field 'user_id' \(user id\) .*u.*2.* holds a line break"):
+        csv_load(path)
+    path = write(tmp_path / "twice.csv", "user_id,item_id", [("u1", "i1"), ("user_id", "item_id"), ("u2", "i2")])
+    with pytest.raises(Exception, match=r"twice.csv:3: the header line again"):
+        csv_load(path)

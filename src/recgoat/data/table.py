@@ -27,14 +27,25 @@ log = logging.getLogger(__name__)
 SPLIT_KINDS = ("random", "temporal_loo")
 
 
-def _sorted_ids(raw: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(index per entry, ids in index order): integer ids sort numerically, others as strings."""
-    uniq = sorted(set(raw))
+def _canonical_int(s: str) -> int | None:
+    """``s`` as an integer when it is written as Python writes that integer (``7``, ``-3``), else ``None``:
+    ``007``, ``+7``, ``1_0`` and `` 7`` stay strings, so two ids never become one."""
     try:
-        as_int = {s: int(s) for s in uniq}
+        value = int(s)
+    except ValueError:
+        return None
+    return value if str(value) == s else None
+
+
+def _sorted_ids(raw: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(index per entry, ids in index order): ids that are all canonical integers are integers, sorted numerically;
+    otherwise every id is the string as written (``7`` and ``007`` are two ids), sorted as strings."""
+    uniq = sorted(set(raw))
+    as_int = {s: _canonical_int(s) for s in uniq}
+    if all(v is not None for v in as_int.values()):
         uniq = sorted(uniq, key=as_int.__getitem__)
         ids = np.asarray([as_int[s] for s in uniq], dtype=np.int64)
-    except ValueError:
+    else:
         ids = np.asarray(uniq, dtype=object)
     index = {s: k for k, s in enumerate(uniq)}
     return np.fromiter((index[s] for s in raw), dtype=np.int64, count=len(raw)), ids
@@ -79,11 +90,17 @@ def read_interactions(path: Path, columns: dict, delimiter: str | None) -> dict[
                 continue
             if len(row) != len(header):
                 raise DataError(f"{path}:{lineno}: {len(row)} fields, the header has {len(header)}")
+            if [c.strip() for c in row] == header:
+                raise DataError(f"{path}:{lineno}: the header line again (files joined with their headers?); "
+                                f"remove it, or its names would become a user and an item")
             for key, p in pos.items():
                 token = row[p].strip()
                 if key in ("user", "item"):
                     if not token:
                         raise DataError(f"{path}:{lineno}: field '{wanted[key]}' ({key} id) is empty")
+                    if not token.isprintable():
+                        raise DataError(f"{path}:{lineno}: field '{wanted[key]}' ({key} id) {token!r} holds a line "
+                                        f"break or another control character; ids are single-line text")
                     out[key].append(token)
                 else:
                     out[key].append(_number(token, path, lineno, wanted[key]))
