@@ -186,3 +186,13 @@ def test_template_profiles_name_items_by_the_given_text_and_a_profile_without_te
     with pytest.raises(DataError, match=r"1 user profile\(s\) would have no item text \(first: user 'b'\)"):
         _user_profiles(d, metas[:2] + [None], texts[:2] + [""], tmp_path, text_encoder, "template", 50, None, 1,
                        "template", False)
+
+
+def test_an_item_table_whose_ids_match_no_interaction_item_is_an_error(tmp_path, text_encoder):
+    from recgoat.data import DataError
+    d = make_synthetic(n_users=20, n_items=12, n_factors=2, n_clusters=2, mean_interactions=5, seed=0)
+    metadata = {f"sku-{i}": {"title": f"Item {i}"} for i in range(12)}   # the table's own ids, not the data's
+    with pytest.raises(DataError, match=r"no item id of the item metadata matches the interactions' item ids .*"
+                                        r"the metadata's first: \['sku-0', 'sku-1', 'sku-2'\]"):
+        build_features(d, metadata, tmp_path, ["title"], text_encoder=text_encoder, profile="none")
+    assert not list(tmp_path.glob("*.npy"))                               # nothing written

@@ -37,6 +37,10 @@ def build_features(dataset: RecDataset, metadata: dict, out_dir: str | Path, tex
     summary: dict = {"out_dir": str(out)}
     metas = [metadata.get(_key(i, metadata)) for i in dataset.item_ids]
     no_meta = [str(i) for i, m in zip(dataset.item_ids, metas, strict=True) if m is None]
+    if len(no_meta) == dataset.n_items:  # every item's text would be empty: identical vectors, silently useless
+        raise DataError(f"no item id of the item metadata matches the interactions' item ids (the interactions' first: "
+                        f"{no_meta[:3]}; the metadata's first: {[str(k) for k in list(metadata)[:3]]}): check the "
+                        f"source's id column")
     if no_meta:
         log.warning("%d item(s) have no metadata (first: %s); their text is empty", len(no_meta), no_meta[:5])
     texts, missing_fields = [], dict.fromkeys(text_fields, 0)
