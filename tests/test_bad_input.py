@@ -23,6 +23,9 @@ RUN = [*TINY_DATA, *QUIET, "trainer.max_epochs=1"]
     ("evaluation.user_batch=0", r"evaluation.user_batch and evaluation.item_chunk must be positive integers"),
     ("datamodule.batch_size=0", r"datamodule.batch_size must be a positive integer, got 0"),
     ("model.embedding_dim=0", r"model.embedding_dim must be a positive integer, got 0"),
+    ("trainer.max_epochs=abc", r"trainer.max_epochs must be an int, got 'abc'"),
+    ("optimizer.lr=abc", r"optimizer.lr must be a number, got 'abc'"),
+    ("seed=1.5", r"seed must be an int, got 1.5"),
 ])
 def test_bad_run_settings_are_named_before_training(tmp_path, override, message):
     with pytest.raises(Exception, match=message):
@@ -59,6 +62,9 @@ def test_recommend_refuses_a_bad_k_and_format_and_leaves_no_stray_file(tiny_synt
     with pytest.raises(ValueError, match="format must be 'jsonl' or 'csv', got 'xml'"):
         recommend_main.__wrapped__(cfg)
     assert list(tmp_path.iterdir()) == []
+    cfg = compose(["ckpt=/nowhere.ckpt", "k=abc", f"out={out}"], config_name="recommend")
+    with pytest.raises(ValueError, match="k must be an int, got 'abc'"):     # named before the checkpoint is read
+        recommend_main.__wrapped__(cfg)
     _, items, _ = next(recommend(loaded, np.arange(1), k=2))   # the same call with a valid k works
     assert len(items) == 2
 

@@ -230,6 +230,8 @@ def test_ids_are_never_coerced_into_one_another(tmp_path):
     items = (3, 20, 100, 4, 5, 6, 7, 8, 9, 11)
     numeric = csv_load(write(tmp_path / "num.csv", "user_id,item_id", [(u, i) for u in (10, 9, -1) for i in items]))
     assert numeric.user_ids.tolist() == [-1, 9, 10] and numeric.item_ids.tolist() == sorted(items)  # numbers
+    huge = csv_load(write(tmp_path / "huge.csv", "user_id,item_id", [(u, i) for u in (10**30, 9, 5) for i in items]))
+    assert sorted(huge.user_ids) == ["1" + "0" * 30, "5", "9"]          # beyond int64: text, not an OverflowError
 
 
 def test_an_id_with_a_line_break_and_a_repeated_header_are_named_by_file_and_line(tmp_path):

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, ListConfig
 from recgoat.eval import top_k
 from recgoat.graphs import DeviceCSR
 from recgoat.inference import LoadedModel, load_model
-from recgoat.utils.config import conf_dir
+from recgoat.utils.config import conf_dir, typed
 
 log = logging.getLogger("recgoat")
 
@@ -101,7 +101,7 @@ def main(cfg: DictConfig) -> None:
     t0 = time.perf_counter()
     if cfg.format not in ("jsonl", "csv"):  # before any file is opened: no stray temporary file
         raise ValueError(f"format must be 'jsonl' or 'csv', got {cfg.format!r}")
-    if int(cfg.k) < 1:
+    if typed(cfg, "k", int) < 1:
         raise ValueError(f"k must be a positive integer, got {cfg.k}")
     loaded = load_model(cfg.ckpt, dataset_overrides=cfg.get("dataset"), device=cfg.device)
     users, unknown = resolve_users(loaded, cfg.users)

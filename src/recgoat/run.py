@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recgoat.training import RecModule, RunSummary, Timings
 from recgoat.training.resume import check_resume_data, refuse_used_run_dir, resume_config, truncate_metrics
-from recgoat.utils.config import check_root_keys, check_targets, conf_dir
+from recgoat.utils.config import check_root_keys, check_targets, conf_dir, typed
 
 log = logging.getLogger("recgoat")
 
@@ -54,7 +54,7 @@ def check_run(cfg: DictConfig, evaluator, model) -> None:
     if cfg.monitor not in evaluator.names:
         raise ValueError(f"monitor={cfg.monitor} is not among the evaluated metrics {evaluator.names}; add its cut-off "
                          f"to evaluation.ks (now {list(cfg.evaluation.ks)}) or set monitor to one of them")
-    max_epochs = cfg.trainer.get("max_epochs")
+    max_epochs = cfg.trainer.get("max_epochs")  # typed at start-up
     if model.trainable and max_epochs is not None and max_epochs < 1:
         raise ValueError(f"trainer.max_epochs must be >= 1 to train {type(model).__name__} (got {max_epochs}); "
                          f"the best epoch is selected on valid, so at least one epoch must run")
@@ -69,6 +69,9 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     output_dir = Path(output_dir or HydraConfig.get().runtime.output_dir)
     check_targets(cfg)
     check_root_keys(cfg)
+    for key, kind in (("seed", int), ("optimizer.lr", float), ("datamodule.batch_size", int)):
+        typed(cfg, key, kind)
+    typed(cfg, "trainer.max_epochs", int, optional=True)
     resuming = cfg.get("resume") is not None
     if not resuming:
         refuse_used_run_dir(output_dir)

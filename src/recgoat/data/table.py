@@ -28,13 +28,13 @@ SPLIT_KINDS = ("random", "temporal_loo")
 
 
 def _canonical_int(s: str) -> int | None:
-    """``s`` as an integer when it is written as Python writes that integer (``7``, ``-3``), else ``None``:
-    ``007``, ``+7``, ``1_0`` and `` 7`` stay strings, so two ids never become one."""
+    """``s`` as an integer when it is written as Python writes that integer (``7``, ``-3``) and fits int64, else
+    ``None``: ``007``, ``+7``, ``1_0`` and a 30-digit number stay strings, so two ids never become one."""
     try:
         value = int(s)
     except ValueError:
         return None
-    return value if str(value) == s else None
+    return value if str(value) == s and -2**63 <= value < 2**63 else None
 
 
 def _sorted_ids(raw: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -99,6 +99,19 @@ def check_targets(cfg: DictConfig) -> None:
     walk({k: v for k, v in root.items() if k != "hydra"}, "")  # Hydra checks its own nodes
 
 
+def typed(cfg: DictConfig, key: str, kind: type, optional: bool = False):
+    """The value at ``key`` (a dotted path) if it is a ``kind`` (an ``int`` for a ``float``; never a ``bool`` for a
+    number), else a :class:`ConfigError` naming the key: ``trainer.max_epochs=abc`` is refused where it is read, not
+    deep inside Lightning or torch."""
+    value = OmegaConf.select(cfg, key)
+    if value is None and optional:
+        return None
+    accepted = (int, float) if kind is float else (kind,)
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, accepted):
+        raise ConfigError(f"{key} must be {'a number' if kind is float else f'an {kind.__name__}'}, got {value!r}")
+    return value
+
+
 def check_root_keys(cfg: DictConfig) -> None:
     """A top-level key of a run config that the root config (``conf/config.yaml``) does not have and no config group
     is named (``+seeed=1``, a misspelt ``+`` override) is an error, not a value no code reads."""
