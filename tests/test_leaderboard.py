@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -290,3 +291,15 @@ def test_a_models_start_up_trials_and_seeds_in_parallel_processes_give_the_seque
     assert len(lines) == 10 and lines[-1].split("| ")[1].startswith("10/10 runs done")
     with pytest.raises(ValueError, match="model_jobs must be >= 1"):
         board(tmp_path / "four", "models=[lightgcn]", *args, "model_jobs=0")
+
+
+def test_the_run_spelling_leaderboard_yaml_suggests_parses_and_the_bare_one_does_not():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    comment = (Path(__file__).resolve().parents[1] / "conf" / "leaderboard.yaml").read_text()
+    suggested = re.search(r"'(run=\[[^']*\])'", comment).group(1)
+    parser = OverridesParser.create()
+    assert parser.parse_overrides([suggested])[0].value() == ["debug=tiny"]
+    with pytest.raises(OverrideParseException):
+        parser.parse_overrides(["run=[debug=tiny]"])
