@@ -52,3 +52,18 @@ def test_runs_that_differ_in_config_are_separate_rows_labelled_with_the_differen
     assert len(rows) == 2
     assert rows[0].startswith("| LightGCN / toy (model.embedding_dim=4) | 2 | 0.1500 ± 0.0707")
     assert rows[1].startswith("| LightGCN / toy (model.embedding_dim=64) | 2 | **0.6000 ± 0.1414**")
+
+
+def test_a_lone_surviving_run_is_marked_never_bolded_and_a_missing_folder_is_named(tmp_path):
+    from recgoat.report import markdown
+
+    def row(config, n, mean):
+        return {"config": config, "n": n, "recall@20": (mean, 0.01 if n > 1 else 0.0), "best_epoch": 3,
+                "epoch_s": 1.0}
+    table = markdown([row("a", 3, 0.30), row("b", 1, 0.40)], metrics=["recall@20"])
+    lines = table.splitlines()
+    assert "| a | 3 | **0.3000 ± 0.0100** |" in lines[2]            # the best of the rows with a spread
+    assert "| b | 1 of 3 | 0.4000 (1 run) |" in lines[3]           # higher, but one run: marked, not bold
+    assert "fewer runs than the others" in table
+    with pytest.raises(FileNotFoundError, match=r"nowhere: no such folder"):
+        main([str(tmp_path / "nowhere")])

@@ -22,6 +22,8 @@ DEFAULT_METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
 
 
 def load_runs(root: str | Path) -> list[dict]:
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
     runs = []
     for path in sorted(Path(root).rglob("results.json")):
         try:
@@ -87,17 +89,24 @@ def aggregate(runs: list[dict], split: str = "test", metrics=DEFAULT_METRICS) ->
 
 
 def markdown(rows: list[dict], metrics=DEFAULT_METRICS, split: str = "test") -> str:
-    best = {m: max(r[m][0] for r in rows) for m in metrics}
+    """The table; a row with one run has no spread (no ±) and is never bold, and a row with fewer runs than the
+    most of any row (a killed job of a sweep) says so in its ``n``."""
+    most = max(r["n"] for r in rows)
+    spread = [r for r in rows if r["n"] > 1]
+    best = {m: max(r[m][0] for r in spread) for m in metrics} if spread else {}
     head = ["config", "n"] + [f"{split} {m}" for m in metrics] + ["best epoch", "s/epoch"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["config"], str(r["n"])]
+        cells = [r["config"], str(r["n"]) if r["n"] == most else f"{r['n']} of {most}"]
         for m in metrics:
             mean, std = r[m]
-            text = f"{mean:.4f} ± {std:.4f}"
-            cells.append(f"**{text}**" if mean == best[m] else text)
+            text = f"{mean:.4f} ± {std:.4f}" if r["n"] > 1 else f"{mean:.4f} (1 run)"
+            cells.append(f"**{text}**" if r["n"] > 1 and mean == best[m] else text)
         cells += [f"{r['best_epoch']:.0f}", f"{r['epoch_s']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    if most > 1 and any(r["n"] < most for r in rows):
+        lines.append(f"\nRows marked 'n of {most}' have fewer runs than the others (a run failed or was stopped); "
+                     f"rows of one run have no spread and are not bolded.")
     return "\n".join(lines)
 
 
