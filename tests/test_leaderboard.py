@@ -186,6 +186,9 @@ def test_a_changed_budget_or_space_is_refused(tmp_path):
     # more trials on the same folder continue the search (the seeds then retrain the new best)
     payload = board(out, "models=[lightgcn]", "trials=2", "seeds=1", TINY_RUN, "budget.max_epochs=2")
     assert payload["rows"][0]["trials"] == 2 and len(trials_of(out, "lightgcn")) == 2
+    board(out, "models=[lightgcn]", "trials=1", "seeds=1", TINY_RUN, "budget.max_epochs=2")  # lowered: says so
+    heading = (out / "leaderboard.md").read_text().split("\n| model")[0]
+    assert "1 search trials asked (`trials` lowered after more had run" in heading and "lightgcn 2)" in heading
 
 
 def test_a_reused_run_of_other_code_is_refused(tmp_path):

@@ -68,8 +68,12 @@ def markdown(rows: list[dict], metrics: list[str], plan: Plan, manifest: dict) -
     head = (["model", "status", "trials", f"best valid {m0} (search)", f"valid {m0} (seeds)"]
             + [f"test {m}" for m in metrics] + ["best epoch", "CPU s", "wall s", "CPU s / trial", "wall s / trial",
                                                 "best parameters"])
+    more = [f"{r['model']} {r['trials']}" for r in rows if r["trials"] > plan.trials]
+    trials = (f"{plan.trials} search trials" if not more else
+              f"{plan.trials} search trials asked (`trials` lowered after more had run; its best is chosen over every "
+              f"trial it holds: {', '.join(more)})")
     lines = [f"# Leaderboard: {plan.dataset}", "",
-             f"Every model: {plan.trials} search trials (Optuna TPE on valid {m0}, test never scored), then the "
+             f"Every model: {trials} (Optuna TPE on valid {m0}, test never scored), then the "
              f"best configuration retrained with seeds 1..{plan.seeds} and tested once at its best valid epoch; "
              f"mean ± std over the seeds. Budget per run: {', '.join(manifest['budget_overrides'])}. "
              f"Code {str(manifest['code']['commit'])[:10]}{dirty}"
