@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from recgoat.eval import FullRankingEvaluator
 from recgoat.inference import load_model
 from recgoat.training.resume import ResumeError, check_resume_data, truncate_metrics
-from recgoat.utils.config import compose, hydra_subdir
+from recgoat.utils.config import compose, hydra_subdir, record_dir
 from tests.helpers import TINY_DATA, load_results, run_cli, run_in_process
 
 QUIET_CLI = ["trainer.enable_progress_bar=false", "logger=none"]
@@ -98,7 +98,12 @@ def test_the_readmes_resume_command_after_a_kill_equals_the_uninterrupted_run_in
                                               r"resume accepts \['resume', 'trainer.max_epochs'", proc.stderr)
     with pytest.raises(ResumeError, match=rf"{killed} already holds a run .*resume={killed}"):
         run_in_process(RESUME_ARGS, killed)
-    assert {p: p.read_bytes() for p in killed.rglob("*") if p.is_file() and p in before} == before
+    other = tmp_path / "fork"
+    proc = subprocess.run([sys.executable, "-m", "recgoat.run", f"resume={killed}", f"hydra.run.dir={other}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "would fork it into another one" in proc.stderr
+    assert not (other / "csv").exists() and not (other / "checkpoints").exists()
+    assert {p: p.read_bytes() for p in killed.rglob("*") if p.is_file()} == before   # byte-identical, nothing added
 
     copied = tmp_path / "moved" / "copy"
     shutil.copytree(killed, copied)
@@ -156,11 +161,13 @@ def test_a_kill_between_an_epochs_checkpoint_and_its_training_rows_resumes_to_th
         f"best-epoch{full['best_epoch']:04d}.ckpt", "last.ckpt"]
 
 
-def test_hydra_records_a_command_beside_an_existing_record_never_over_it(tmp_path):
+def test_hydra_records_a_command_in_a_new_folder_only_and_a_resume_beside_the_record(tmp_path):
     assert hydra_subdir(str(tmp_path)) == ".hydra"
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "config.yaml").write_text("seed: 1\n")
-    assert re.fullmatch(r"\.hydra/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}", hydra_subdir(str(tmp_path)))
+    assert hydra_subdir(str(tmp_path)) is None          # a folder with a record: Hydra writes nothing into it
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}", record_dir(tmp_path).name)
+    assert record_dir(tmp_path).parent == tmp_path / ".hydra"
 
 
 def test_resume_onto_changed_data_is_refused_and_metrics_are_cut_at_the_checkpoint(tmp_path, tiny_synthetic):

@@ -24,7 +24,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from recgoat.training import RecModule, RunSummary, Timings
-from recgoat.training.resume import check_resume_data, refuse_used_run_dir, resume_config, truncate_metrics
+from recgoat.training.resume import (
+    check_resume_data,
+    refuse_other_run_dir,
+    refuse_used_run_dir,
+    resume_config,
+    truncate_metrics,
+    write_resume_record,
+)
 from recgoat.utils.config import check_root_keys, check_targets, conf_dir, typed
 
 log = logging.getLogger("recgoat")
@@ -64,8 +71,9 @@ def check_run(cfg: DictConfig, evaluator, model) -> None:
 
 
 @task_wrapper
-def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
-    """Run one experiment from a composed config; returns the results dict written to results.json."""
+def train(cfg: DictConfig, output_dir: str | Path | None = None, resume_overrides: list[str] = ()) -> dict:
+    """Run one experiment from a composed config; returns the results dict written to results.json.
+    ``resume_overrides``: the command line of a resume, recorded in the run folder once the resume is accepted."""
     output_dir = Path(output_dir or HydraConfig.get().runtime.output_dir)
     check_targets(cfg)
     check_root_keys(cfg)
@@ -83,6 +91,7 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     log.info("%r (loaded in %.1fs)", dataset, load_s)
     if resuming:  # the data the checkpoint was trained on, or nothing in the run folder is touched
         truncate_metrics(output_dir / "csv" / "metrics.csv", check_resume_data(cfg.ckpt_path, dataset))
+        write_resume_record(output_dir, cfg, resume_overrides)
     model = instantiate(cfg.model)(dataset=dataset)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     evaluator = instantiate(cfg.evaluation)(train=dataset.train)
@@ -108,8 +117,11 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def main(cfg: DictConfig) -> float:
+    overrides = list(HydraConfig.get().overrides.task)
     if cfg.get("resume") is not None:
-        cfg = resume_config(cfg, list(HydraConfig.get().overrides.task))
+        refuse_other_run_dir(list(HydraConfig.get().overrides.hydra))
+        cfg = resume_config(cfg, overrides)
+        return train(cfg, resume_overrides=overrides)["valid"][cfg.monitor]
     return train(cfg)["valid"][cfg.monitor]  # what sweepers (e.g. Optuna) optimise
 
 

@@ -3,8 +3,9 @@
 Everything is checked before anything in the folder is touched: the run's saved config and last checkpoint
 must be readable, the command line may only change what cannot change the run's result, and the data must
 have the fingerprint the checkpoint recorded. Then the run continues where ``last.ckpt`` left it; its
-``metrics.csv`` keeps every epoch up to the checkpoint and continues, and Hydra's record of the resume goes to
-``.hydra/resume-<time>/`` beside the original ``.hydra/`` files.
+``metrics.csv`` keeps every epoch up to the checkpoint and continues, and the record of the resume (its config and
+command) goes to ``.hydra/<time>/`` beside the original ``.hydra/`` files, once the resume is accepted: a refused
+one leaves the folder byte-identical.
 """
 from __future__ import annotations
 
@@ -27,6 +28,26 @@ class ResumeError(ValueError):
 
 def last_checkpoint(run_dir: Path) -> Path:
     return run_dir / "checkpoints" / "last.ckpt"
+
+
+def refuse_other_run_dir(hydra_overrides: list[str]) -> None:
+    """``resume=`` continues in the run's own folder: another ``hydra.run.dir`` would fork it (a new folder whose
+    ``metrics.csv`` starts mid-way)."""
+    moved = [o for o in hydra_overrides if o.split("=", 1)[0].lstrip("+~") == "hydra.run.dir"]
+    if moved:
+        raise ResumeError(f"resume= continues the run in its own folder; {moved} would fork it into another one. To "
+                          f"continue a copy, copy the folder and resume the copy (resume=<copy>)")
+
+
+def write_resume_record(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> Path:
+    """The accepted resume's config and command, in a new ``.hydra/<time>/`` beside the run's original record."""
+    from recgoat.utils.config import record_dir
+
+    folder = record_dir(run_dir)
+    folder.mkdir(parents=True)
+    atomic_write(folder / "config.yaml", lambda tmp: OmegaConf.save(cfg, tmp))
+    atomic_write(folder / "overrides.yaml", lambda tmp: OmegaConf.save(OmegaConf.create(list(overrides)), tmp))
+    return folder
 
 
 def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:

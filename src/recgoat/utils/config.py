@@ -128,14 +128,18 @@ def run_dir(resume: str | None, new: str) -> str:
     return str(Path(resume).resolve()) if resume else new
 
 
-def hydra_subdir(output_dir: str) -> str:
+def hydra_subdir(output_dir: str) -> str | None:
     """Where Hydra records the command: ``.hydra`` in a new folder; in a folder that already has a record (a
-    resume, or a run refused because the folder is taken) a new ``.hydra/<time>`` beside it, never over it."""
+    resume, or a run refused because the folder is taken) nothing (``None``), so a refused command leaves the
+    folder as it was; an accepted resume writes its own record beside the original (:func:`record_dir`)."""
+    return ".hydra" if not (Path(output_dir) / ".hydra" / "config.yaml").exists() else None
+
+
+def record_dir(output_dir: str | Path) -> Path:
+    """A new ``.hydra/<time>`` beside a folder's existing record, never over it."""
     import time
 
-    if not (Path(output_dir) / ".hydra" / "config.yaml").exists():
-        return ".hydra"
-    return f".hydra/{time.strftime('%Y-%m-%d_%H-%M-%S')}-{time.perf_counter_ns() % 10**6:06d}"
+    return Path(output_dir) / ".hydra" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}-{time.perf_counter_ns() % 10**6:06d}"
 
 
 def register_resolvers() -> None:
