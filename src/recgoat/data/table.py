@@ -125,6 +125,9 @@ def _read_parquet(path: Path, wanted: dict) -> dict[str, list]:
         for k, v in enumerate(values):
             if v is None:
                 raise DataError(f"{path}: row {k + 1}: field '{name}' is empty")
+            if key in ("user", "item") and not str(v).isprintable():
+                raise DataError(f"{path}: row {k + 1}: field '{name}' ({key} id) {str(v)!r} holds a line break or "
+                                f"another control character; ids are single-line text")
         out[key] = [str(v) for v in values] if key in ("user", "item") else [float(v) for v in values]
     out["line"] = list(range(1, len(out["user"]) + 1))
     return out
