@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
 
 from recgoat.eval import FullRankingEvaluator
 from recgoat.inference import load_model
 from recgoat.training.resume import ResumeError, check_resume_data, truncate_metrics
 from recgoat.utils.config import compose, hydra_subdir, record_dir
-from tests.helpers import TINY_DATA, load_results, run_cli, run_in_process
+from tests.helpers import QUIET, TINY_DATA, compose_cfg, load_results, run_cli, run_in_process
 
 QUIET_CLI = ["trainer.enable_progress_bar=false", "logger=none"]
 
@@ -180,3 +181,32 @@ def test_resume_onto_changed_data_is_refused_and_metrics_are_cut_at_the_checkpoi
     metrics.write_text("epoch,step,train/loss,valid/recall@20\n0,1,0.5,\n0,1,,0.1\n1,2,0.4,\n1,2,,0.2\n2,3,0.3,\n")
     truncate_metrics(metrics, 1)
     assert metrics.read_text() == "epoch,step,train/loss,valid/recall@20\n0,1,0.5,\n0,1,,0.1\n1,2,0.4,\n1,2,,0.2\n"
+
+
+def test_a_resume_from_another_directory_is_told_where_the_data_is_now(tmp_path, monkeypatch):
+    from recgoat.run import train
+    from recgoat.training.resume import resume_config
+    data = tmp_path / "project"
+    data.mkdir()
+    rows = "".join(f"u{u},i{(u * 7 + k) % 40}\n" for u in range(60) for k in range(10))
+    (data / "events.csv").write_text("user_id,item_id\n" + rows)
+    run_dir = tmp_path / "run"
+    monkeypatch.chdir(data)                                      # the run was started next to its data
+    first = ["model=lightgcn", "dataset=csv", "dataset.path=events.csv", "dataset.name=events", "trainer.max_epochs=2",
+             *QUIET, "callbacks.early_stopping.patience=100"]
+    run_in_process(first, run_dir)
+    (run_dir / "results.json").unlink()                          # as if it had been stopped after epoch 2
+    record = compose_cfg(first, run_dir)                         # Hydra's record of the command (the CLI writes it)
+    with open_dict(record):
+        del record["hydra"]
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(record, run_dir / ".hydra" / "config.yaml")
+    cfg = compose_cfg([f"resume={run_dir}", "trainer.max_epochs=3"], run_dir)
+    monkeypatch.chdir(tmp_path)                                  # resumed from elsewhere: the relative path fails
+    with pytest.raises(ResumeError, match=r"(?s)could not be loaded from dataset.path='events.csv' \(a relative "
+                                          r"path is read from the current directory.*\+dataset.path=<path>"):
+        train(resume_config(cfg, [f"resume={run_dir}", "trainer.max_epochs=3"]), output_dir=run_dir)
+    overrides = [f"resume={run_dir}", "trainer.max_epochs=3", f"+dataset.path={data / 'events.csv'}"]
+    cfg = compose_cfg(overrides, run_dir)
+    results = train(resume_config(cfg, overrides), output_dir=run_dir)
+    assert results["timings"]["epochs"] == 3                     # continued from its checkpoint

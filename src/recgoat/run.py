@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recgoat.training import RecModule, RunSummary, Timings
 from recgoat.training.resume import (
+    ResumeError,
     check_resume_data,
     refuse_other_run_dir,
     refuse_used_run_dir,
@@ -86,7 +87,16 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, resume_override
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     t0 = time.perf_counter()
-    dataset = instantiate(cfg.dataset)
+    try:
+        dataset = instantiate(cfg.dataset)
+    except Exception as e:
+        if not resuming or cfg.dataset.get("path") is None:
+            raise
+        raise ResumeError(f"resume={cfg.resume}: the run's data could not be loaded from dataset.path="
+                          f"{cfg.dataset.path!r} (a relative path is read from the current directory, {Path.cwd()}): "
+                          f"{e.__cause__ or e}; say where it is now with +dataset.path=<path> (it must have the data "
+                          f"fingerprint "
+                          f"the checkpoint recorded)") from e
     load_s = time.perf_counter() - t0
     log.info("%r (loaded in %.1fs)", dataset, load_s)
     if resuming:  # the data the checkpoint was trained on, or nothing in the run folder is touched

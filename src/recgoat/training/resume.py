@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from recgoat.utils.io import atomic_write
 
 # command-line overrides that a resume accepts: they change how long or how visibly the run goes on, not what
-# it computes
-RESUME_SAFE_OVERRIDES = ("resume", "trainer.max_epochs", "trainer.enable_progress_bar")
+# it computes; dataset.path only says where the data is now (it must have the fingerprint the checkpoint recorded)
+RESUME_SAFE_OVERRIDES = ("resume", "trainer.max_epochs", "trainer.enable_progress_bar", "dataset.path")
 
 
 class ResumeError(ValueError):
