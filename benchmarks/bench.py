@@ -178,33 +178,51 @@ def scope_shares(model, dataset, steps: int = 3) -> dict[str, float]:
 SYNC_OPS = ("aten::_local_scalar_dense", "aten::is_nonzero")  # .item(), bool(tensor): host syncs on a GPU
 
 
-def step_costs(dataset, name: str, cache_dir: str, steps: int, warm: int = 3) -> dict:
-    """Seconds per epoch (``steps`` timed training steps after ``warm`` untimed ones, times the steps of an epoch)
-    and, from the profiler, aten ops and host synchronisations per step, of one model built from its config."""
-    pl.seed_everything(0, verbose=False)
-    model = build_model(dataset, [f"model={name}", f"paths.cache_dir={cache_dir}"])
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    batches = list(BPRBatches(dataset, TRAIN_BATCH, seed=0, epoch_fn=lambda: 0))
-    model.train()
+class Stepper:
+    """Training steps of one model built from its config (``overrides`` of ``python -m recgoat.run``): timed in
+    rounds that alternate with other models' (so the same machine noise reaches all), and profiled."""
 
-    def step(batch):
-        loss = model.loss(batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    def __init__(self, dataset, overrides: list[str], cache_dir: str, device: str = "cpu", warm: int = 3):
+        pl.seed_everything(0, verbose=False)
+        self.device = torch.device(device)
+        self.model = build_model(dataset, [*overrides, f"paths.cache_dir={cache_dir}"]).to(self.device)
+        self.opt = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=1e-3)
+        self.batches = [{k: v.to(self.device) for k, v in b.items()}
+                        for b in BPRBatches(dataset, TRAIN_BATCH, seed=0, epoch_fn=lambda: 0)]
+        self.model.train()
+        self.done = 0
+        t = time.perf_counter()
+        self.run(warm)                                          # includes any torch.compile
+        self.sync()
+        self.warm_s = time.perf_counter() - t
 
-    for i in range(warm):
-        step(batches[i % len(batches)])
-    t = time.perf_counter()
-    for i in range(steps):
-        step(batches[(warm + i) % len(batches)])
-    step_s = (time.perf_counter() - t) / steps
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step(batches[0])
-    events = [e for e in prof.events() if e.name.startswith("aten::")]
-    top_level = [e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
-    return {"model": name, "epoch_s": step_s * len(batches), "step_s": step_s, "steps_per_epoch": len(batches),
-            "aten_ops": len(top_level), "host_syncs": sum(e.name in SYNC_OPS and not in_optimizer(e) for e in events)}
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            loss = self.model.loss(self.batches[self.done % len(self.batches)])["loss"]
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            self.done += 1
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def step_s(self, steps: int) -> float:
+        self.sync()
+        t = time.perf_counter()
+        self.run(steps)
+        self.sync()
+        return (time.perf_counter() - t) / steps
+
+    def profile(self) -> dict:
+        """Aten ops of one step (top-level: not counting the ops an op calls) and its host synchronisations."""
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            self.run(1)
+        events = [e for e in prof.events() if e.name.startswith("aten::")]
+        top_level = [e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+        return {"aten_ops": len(top_level),
+                "host_syncs": sum(e.name in SYNC_OPS and not in_optimizer(e) for e in events)}
 
 
 def in_optimizer(event) -> bool:
@@ -217,25 +235,47 @@ def in_optimizer(event) -> bool:
     return False
 
 
-def side_by_side(datasets: list[tuple[str, RecDataset]], steps: int) -> list[dict]:
-    """RecGOAT's and MGCN's step on the same data and threads, one after the other, and their ratio."""
+# the rows of the side-by-side table: RecGOAT as shipped, with its Sinkhorn solvers compiled, and MGCN
+SIDE_BY_SIDE = {
+    "recgoat": ["model=recgoat"],
+    "recgoat_compiled": ["model=recgoat", "model.alignment.oat_map.compile=true",
+                         "model.alignment.oat_w1.compile=true"],
+    "mgcn": ["model=mgcn"],
+}
+
+
+def side_by_side(datasets: list[tuple[str, RecDataset]], steps: int, rounds: int, device: str = "cpu") -> list[dict]:
+    """RecGOAT's and MGCN's step on the same data and threads: ``rounds`` rounds of ``steps`` steps, the models
+    alternating within each round; a model's step time is its fastest round (the least disturbed)."""
     rows = []
     with tempfile.TemporaryDirectory() as cache_dir:
         for label, dataset in datasets:
-            pair = {name: step_costs(dataset, name, cache_dir, steps) for name in ("recgoat", "mgcn")}
-            rows.append({"data": label, **{f"{m}_{k}": v for m, r in pair.items() for k, v in r.items()
-                                           if k != "model"},
-                         "ratio": pair["recgoat"]["epoch_s"] / pair["mgcn"]["epoch_s"],
-                         "ops_ratio": pair["recgoat"]["aten_ops"] / pair["mgcn"]["aten_ops"]})
-    print(f"\n## RecGOAT vs MGCN, side by side (batch {TRAIN_BATCH}, {torch.get_num_threads()} threads, {steps} steps "
-          f"timed after 3; aten ops of one step and its .item()/bool() reads outside the optimizer, profiler)")
-    print("| data | RecGOAT s / epoch | MGCN s / epoch | ratio (goal <= 1.25) | RecGOAT aten ops | MGCN aten ops "
-          "| ops ratio (<= 2) | RecGOAT host syncs | MGCN host syncs |")
+            steppers = {name: Stepper(dataset, overrides, cache_dir, device)
+                        for name, overrides in SIDE_BY_SIDE.items()}
+            rounds_s = {name: [] for name in steppers}
+            for _ in range(rounds):
+                for name, stepper in steppers.items():
+                    rounds_s[name].append(stepper.step_s(steps))
+            for name, stepper in steppers.items():
+                n_steps = len(stepper.batches)
+                rows.append({"data": label, "model": name, "epoch_s": min(rounds_s[name]) * n_steps,
+                             "epoch_s_rounds": [s * n_steps for s in rounds_s[name]], "steps_per_epoch": n_steps,
+                             "warm_s": stepper.warm_s, **stepper.profile()})
+    mgcn = {r["data"]: r for r in rows if r["model"] == "mgcn"}
+    for r in rows:
+        r["ratio"] = r["epoch_s"] / mgcn[r["data"]]["epoch_s"]
+        r["ops_ratio"] = r["aten_ops"] / mgcn[r["data"]]["aten_ops"]
+    where = f"{device}, {torch.get_num_threads()} threads" if device == "cpu" else device
+    print(f"\n## RecGOAT vs MGCN, side by side (batch {TRAIN_BATCH}, {where}; fastest of "
+          f"{rounds} alternating rounds of {steps} steps, after 3 untimed; aten ops of one step and its "
+          f".item()/bool() reads outside the optimizer, profiler)")
+    print("| data | model | s / epoch | rounds (s / epoch) | x MGCN (goal <= 1.25) | aten ops / step | x MGCN (<= 2) "
+          "| host syncs / step | first 3 steps (s) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['data']} | {r['recgoat_epoch_s']:.2f} | {r['mgcn_epoch_s']:.2f} | {r['ratio']:.2f} "
-              f"| {r['recgoat_aten_ops']} | {r['mgcn_aten_ops']} | {r['ops_ratio']:.2f} | {r['recgoat_host_syncs']} "
-              f"| {r['mgcn_host_syncs']} |")
+        spread = " ".join(f"{x:.2f}" for x in r["epoch_s_rounds"])
+        print(f"| {r['data']} | {r['model']} | {r['epoch_s']:.2f} | {spread} | {r['ratio']:.2f} | {r['aten_ops']} "
+              f"| {r['ops_ratio']:.2f} | {r['host_syncs']} | {r['warm_s']:.1f} |")
     return rows
 
 
@@ -265,8 +305,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", choices=MODELS, default=MODELS)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per model in the side-by-side table")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per model and round (side-by-side table)")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds (side-by-side table)")
     parser.add_argument("--only-side-by-side", action="store_true", help="just RecGOAT vs MGCN")
+    parser.add_argument("--device", default="cpu", help="of the side-by-side table (cuda: benchmarks/gpu.sh)")
     args = parser.parse_args()
 
     dataset, source = baby_sized()
@@ -275,7 +317,7 @@ def main() -> None:
           f"{torch.get_num_threads()} threads")
     ml = ml100k_mm()
     pairs = side_by_side([("Baby-sized", with_random_features(dataset)),
-                          *([("ml100k_mm", ml)] if ml is not None else [])], args.steps)
+                          *([("ml100k_mm", ml)] if ml is not None else [])], args.steps, args.rounds, args.device)
     if args.only_side_by_side:
         return
     ev = bench_eval(dataset)

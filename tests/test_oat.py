@@ -1,7 +1,9 @@
 """OAT: the dimension transport plan and the Sinkhorn W1 term against exact references (POT)."""
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 import warnings
 
 import numpy as np
@@ -9,6 +11,8 @@ import ot
 import pytest
 import torch
 import torch.nn.functional as F
+from geomloss import SamplesLoss
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from recgoat.nn import DimensionTransport, SinkhornW1, dimension_cost
 
@@ -102,3 +106,62 @@ def test_w1_of_several_clouds_is_the_sum_of_their_divergences_on_the_same_rows()
     torch.manual_seed(0)
     idx = torch.randperm(60)[:20]                                      # the rows it drew, the same for both clouds
     torch.testing.assert_close(both, w1(a[idx], y[idx]) + w1(b[idx], y[idx]), atol=1e-5, rtol=1e-5)
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts the ops that read a device value on the host (``.item()``, ``bool(tensor)``, boolean-mask indexing)."""
+
+    READS = ("aten._local_scalar_dense", "aten.is_nonzero", "aten.nonzero")
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func.overloadpacket) in self.READS:
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_w1_is_geomloss_sinkhorn_divergence_to_the_bit_without_host_reads():
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(90, 16, generator=g, requires_grad=True) for _ in range(2)]
+    y = torch.randn(90, 16, generator=g)
+    with _HostReads() as mode:
+        ours = SinkhornW1(weight=1.0, blur=0.05, scaling=0.5, max_points=None)(xs, y)
+        grads = torch.autograd.grad(ours, xs)
+    assert mode.reads == []                                   # SamplesLoss masks its log-weights: two reads a call
+    reference = SamplesLoss("sinkhorn", p=1, blur=0.05, scaling=0.5, debias=True, backend="tensorized", diameter=2.0)
+    ref = reference(F.normalize(torch.stack(xs), dim=-1), F.normalize(y, dim=-1).expand(2, -1, -1)).sum()
+    assert ours.item() == ref.item()
+    for ours_grad, ref_grad in zip(grads, torch.autograd.grad(ref, xs), strict=True):
+        assert torch.equal(ours_grad, ref_grad)
+
+
+def test_warm_plans_read_nothing_on_the_host():
+    g = torch.Generator().manual_seed(5)
+    zm, zid = torch.randn(200, 8, generator=g), torch.randn(200, 8, generator=g)
+    transport = DimensionTransport(eps=0.01, warm_iters=10)
+    transport.plan(zm, zid, key="text")                       # the cold start tests convergence (reads)
+    with _HostReads() as mode:
+        transport.plan(zm + 0.01, zid, key="text")
+    assert mode.reads == []
+
+
+def test_compiled_solvers_give_the_eager_values():
+    g = torch.Generator().manual_seed(9)
+    xs, y = [torch.randn(40, 8, generator=g, requires_grad=True)], torch.randn(40, 8, generator=g)
+    eager, compiled = (SinkhornW1(weight=1.0, blur=0.05, scaling=0.5, max_points=None, compile=c)
+                       for c in (False, True))
+    torch.testing.assert_close(compiled(xs, y), eager(xs, y), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.autograd.grad(compiled(xs, y), xs)[0], torch.autograd.grad(eager(xs, y), xs)[0],
+                               atol=1e-5, rtol=1e-4)
+    zm, zid = torch.randn(100, 8, generator=g), torch.randn(100, 8, generator=g)
+    plans = []
+    for c in (False, True):
+        transport = DimensionTransport(eps=0.01, warm_iters=10, compile=c)
+        transport.plan(zm, zid, key="text")
+        plans.append(transport.plan(zm + 0.01, zid, key="text"))          # the warm plan: the compiled part
+    torch.testing.assert_close(plans[1], plans[0], atol=1e-6, rtol=1e-6)
+    copy.deepcopy(compiled)                                   # a module holding a compiled solver still copies
+    pickle.dumps(compiled)

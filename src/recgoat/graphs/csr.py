@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -29,7 +29,8 @@ def to_torch_csr(m: sp.spmatrix) -> Tensor:
 @dataclass(frozen=True)
 class CSREdges:
     """The edges of a square :class:`DeviceCSR` graph ``A[target, source]`` on one device, in the two orders graph
-    attention reads them (all int64, ``E`` edges, ``N`` nodes):
+    attention reads them (``E`` edges, ``N`` nodes; int32 where they fit, which the CPU's sparse kernels take
+    without converting them at every product, int64 otherwise):
 
     - by target (the CSR rows): ``rowptr`` ``[N + 1]``, source ``col`` ``[E]``, target ``row`` ``[E]``;
     - by source (the transpose): ``perm_t`` ``[E]`` (edge ids in that order), ``rowptr_t`` ``[N + 1]``,
@@ -45,14 +46,48 @@ class CSREdges:
     row_t: Tensor
     edge_ids: Tensor
     num_nodes: int
+    _blocks: dict[int, HeadBlocks] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def num_edges(self) -> int:
         return self.col.numel()
 
+    def head_blocks(self, heads: int) -> HeadBlocks:
+        """The block-diagonal graph of ``heads`` copies of this one (built once per head count)."""
+        if heads not in self._blocks:
+            self._blocks[heads] = HeadBlocks.of(self, heads)
+        return self._blocks[heads]
+
     def edge_index(self) -> Tensor:
         """PyG's ``edge_index`` ``[2, E]`` (source, target), in the CSR order."""
-        return torch.stack([self.col, self.row])
+        return torch.stack([self.col, self.row]).long()
+
+
+@dataclass(frozen=True)
+class HeadBlocks:
+    """``H`` copies of a :class:`CSREdges` graph as one block-diagonal ``[H N, H N]`` graph, so that H per-head
+    sparse products are one product (one kernel launch, not H): block ``h`` holds head ``h``'s edges, in the
+    order of a head-major ``[H, E]`` edge tensor flattened. ``rowptr``/``col`` by target, ``rowptr_t``/``row_t``
+    by source (for the edge values permuted by :attr:`CSREdges.perm_t`)."""
+
+    rowptr: Tensor
+    col: Tensor
+    rowptr_t: Tensor
+    row_t: Tensor
+    ones: Tensor
+
+    @classmethod
+    def of(cls, g: CSREdges, heads: int) -> HeadBlocks:
+        n, e = g.num_nodes, g.num_edges
+        dtype = torch.int32 if heads * max(n, e) < 2**31 - 1 else torch.int64
+        node_offset = torch.arange(heads, device=g.col.device, dtype=dtype)[:, None] * n    # [H, 1]
+        edge_offset = torch.arange(heads, device=g.col.device, dtype=dtype)[:, None] * e
+
+        def rowptr(ptr: Tensor) -> Tensor:
+            return torch.cat([(ptr[:-1] + edge_offset).reshape(-1), ptr.new_full((1,), heads * e)])
+
+        return cls(rowptr(g.rowptr.to(dtype)), (g.col + node_offset).reshape(-1), rowptr(g.rowptr_t.to(dtype)),
+                   (g.row_t + node_offset).reshape(-1), torch.ones(heads * e, device=g.col.device))
 
 
 class DeviceCSR:
@@ -139,7 +174,8 @@ class DeviceCSR:
             counts_t = torch.bincount(col, minlength=n)
             rowptr_t = torch.cat([counts_t.new_zeros(1), counts_t.cumsum(0)])
             parts = (rowptr, col, row, perm_t, rowptr_t, row[perm_t], torch.arange(col.numel()))
-            return CSREdges(*(t.to(d) for t in parts), num_nodes=n)
+            dtype = torch.int32 if max(n, col.numel()) < 2**31 - 1 else torch.int64
+            return CSREdges(*(t.to(d, dtype) for t in parts), num_nodes=n)
 
         return self._on("edges", device, build)
 
