@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # CPU wheel by default; GPU users: make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install run test test-fast test-dgl bench bench-scale lint clean
+.PHONY: install run test test-fast test-dgl bench bench-scale figures lint clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench:  # RecGOAT vs MGCN side by side (Baby size, ml100k_mm), then evaluation, 
 SCALE_ARGS ?=
 bench-scale:
 	$(BIN)/python benchmarks/scale.py $(SCALE_ARGS)
+
+figures:  # every figure of experiments/README.md from experiments/results/*.csv, and its tables
+	$(BIN)/python -m recgoat.figures
 
 lint:
 	$(BIN)/ruff check src tests benchmarks

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import peak_rss_mb, scope_shares  # noqa: E402  (the Baby bench's helpers, one definition)
 
-SIZES = {  # users, items, interactions of MMRec's 5-core versions (../shared/docs/method.md)
+SIZES = {  # users, items, interactions of MMRec's 5-core versions (docs/method.md)
     "baby": (19_445, 7_050, 160_792),
     "sports": (35_598, 18_357, 296_337),
     "electronics": (192_403, 63_001, 1_689_188),

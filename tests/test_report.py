@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +69,40 @@ def test_a_lone_surviving_run_is_marked_never_bolded_and_a_missing_folder_is_nam
     assert "fewer runs than the others" in table
     with pytest.raises(FileNotFoundError, match=r"nowhere: no such folder"):
         main([str(tmp_path / "nowhere")])
+
+
+def test_the_experiments_report_tables_equal_their_csvs_and_its_figures_exist(tmp_path):
+    from recgoat.figures import EXPERIMENTS, FIGURES, TABLE, build_figures, sync_tables
+    report = EXPERIMENTS / "README.md"
+    text = report.read_text()
+    assert sync_tables(report, write=False) == []                     # `make figures` has rendered every table
+    tables = {m.group("csv") for m in TABLE.finditer(text)}
+    assert tables == {f"results/{p.name}" for p in (EXPERIMENTS / "results").glob("*.csv")}  # every CSV is shown
+    figures = set(re.findall(r"!\[[^\]]*\]\(figures/([^)]+)\)", text))
+    assert figures == set(FIGURES)                                    # one figure per question, each referenced
+    for name in figures:
+        assert (EXPERIMENTS / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rebuilt = build_figures(out=tmp_path)                             # every figure rebuilds from the CSVs alone
+    assert sorted(p.name for p in rebuilt) == sorted(figures) and all(p.stat().st_size > 10_000 for p in rebuilt)
+
+
+def test_a_table_that_differs_from_its_csv_is_found_and_rewritten(tmp_path):
+    from recgoat.figures import markdown_table, sync_tables
+    (tmp_path / "t.csv").write_text("model,value\nrecgoat,0.35\na|b,1\n")
+    report = tmp_path / "README.md"
+    report.write_text("# x\n<!-- table: t.csv -->\n| model | value |\n|---|---|\n| recgoat | 0.36 |\n<!-- /table -->\n")
+    assert sync_tables(report, write=False) == ["t.csv"]
+    assert sync_tables(report) == ["t.csv"]
+    assert markdown_table(tmp_path / "t.csv") in report.read_text() and "a\\|b" in report.read_text()
+    assert sync_tables(report) == []
+
+
+def test_the_readmes_link_only_files_inside_the_repository():
+    root = Path(__file__).resolve().parents[1]
+    for readme in (root / "README.md", root / "experiments" / "README.md", root / "docs" / "method.md"):
+        for target in re.findall(r"\]\(([^)#\s]+)", readme.read_text()):
+            if re.match(r"[a-z]+://", target):
+                continue
+            path = (readme.parent / target).resolve()
+            assert path.is_relative_to(root), f"{readme.name} links {target}, outside the repository"
+            assert path.exists(), f"{readme.name} links {target}, which does not exist"

@@ -42,14 +42,20 @@ def test_report_builds_table_and_plots_from_a_real_multirun(multirun):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("multirun")
-def test_analysis_notebook_executes_on_the_multirun(multirun, monkeypatch):
+def test_results_notebook_executes_with_the_report_and_the_multirun(multirun, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
+
+    from recgoat.figures import FIGURES
     monkeypatch.setenv("RECGOAT_RUNS", str(multirun))
-    nb = nbformat.read(ROOT / "notebooks" / "analysis.ipynb", as_version=4)
+    nb = nbformat.read(ROOT / "notebooks" / "results.ipynb", as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "4 runs under" in outputs and "| LightGCN / synthetic |" in outputs
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    text = "".join(o.get("text", "") + o.get("data", {}).get("text/markdown", "") for o in outputs)
+    assert "4 runs under" in text and "| LightGCN / synthetic |" in text       # the user's runs
+    assert "| recgoat | 4 | 0.3527 |" in text                                   # the report's leaderboard, from its CSV
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == len(FIGURES) + 1                                      # the report's figures + the runs' bars
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Top-K ranking metrics from hit matrices: pure tensors in, per-user values out.
 
-Definitions follow MMRec (and ../shared/docs/protocol.md). For a user with held-out set T and
+Definitions follow MMRec (and docs/method.md). For a user with held-out set T and
 hit indicators h_r at 1-based ranks r = 1..K:
 
     Recall@K    = sum_r h_r / |T|

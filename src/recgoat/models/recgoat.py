@@ -1,6 +1,6 @@
 r"""RecGOAT (Li et al., 2026): language-model branches aligned with a collaborative ID branch, then fused.
 
-One forward pass, all users and items (../shared/docs/method.md; each line is a part of ``conf/model/recgoat.yaml``):
+One forward pass, all users and items (docs/method.md; each line is a part of ``conf/model/recgoat.yaml``):
 
 .. math::
     E^{(0)}_u &= E_u + z^{llm}_u                                  && \text{user LM branch (optional)} \\

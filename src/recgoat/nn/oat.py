@@ -1,6 +1,6 @@
 """Optimal adaptive transport (OAT): distribution-level alignment of RecGOAT, with geomloss.
 
-Two readings of the method (../shared/docs/method.md), each switchable:
+Two readings of the method (docs/method.md), each switchable:
 
 1. A transport *map over embedding dimensions* (the authors' code): the entropic OT plan between
    the ``d`` dimensions of a modality embedding ``Z^m`` and of the ID embedding ``Z^id`` (each
