@@ -15,7 +15,7 @@ from recgoat.features.pipeline import build_features  # noqa: E402
 from recgoat.features.sources import ml100k_items  # noqa: E402
 from recgoat.features.text import SentenceTextEncoder  # noqa: E402
 from tests.conftest import shared_dataset  # noqa: E402
-from tests.llm_server import FakeLLM, answer_body  # noqa: E402
+from tests.llm_server import FakeLLM, answer_body, json_body, preference_answer  # noqa: E402
 from tests.test_llm import make_client  # noqa: E402
 
 
@@ -103,7 +103,7 @@ def test_llm_profiles_see_training_items_only_and_fall_back_without_answer(tmp_p
 
     with FakeLLM(behaviour) as server:
         server.key_of = lambda prompt: prompt  # the whole prompt, to inspect it
-        client = make_client(server.base_url, "tiny-llm")
+        client = make_client(server.base_url, "tiny-llm", structured="tags")
         summary = build_features(small, meta, tmp_path / "f", text_fields=["title", "genres"],
                                  text_encoder=text_encoder, profile="llm", llm_client=client, llm_concurrency=3)
         prompts = [r["payload"]["messages"][-1]["content"] for r in server.requests]
@@ -128,6 +128,34 @@ def test_llm_profiles_see_training_items_only_and_fall_back_without_answer(tmp_p
         "<think>reasoning</think>no answer tag"] * with_item0
     assert raw["profiles"]["fallback_to_template"] == 0 and raw["profiles"]["without_answer"] == with_item0
     assert json.loads((tmp_path / "g" / "user_pref_feat.json").read_text())["without_answer_gets"] == "response"
+
+
+def test_structured_profiles_count_schema_violations_and_fall_back_to_the_template(tmp_path, small, text_encoder):
+    meta = metadata(small.n_items, [None] * small.n_items)
+
+    def behaviour(key, attempt):   # users with item 0 get an answer that breaks the schema (a field missing)
+        answer = preference_answer("u")
+        if "[0]" in key:
+            answer.pop("context_emotion")
+        return 200, json_body(key, json.dumps(answer))
+
+    with FakeLLM(behaviour) as server:
+        server.key_of = lambda prompt: prompt
+        summary = build_features(small, meta, tmp_path / "f", text_fields=["title", "genres"],
+                                 text_encoder=text_encoder, profile="llm", llm_concurrency=3,
+                                 llm_client=make_client(server.base_url, "tiny-llm", structured="json_schema"))
+        sent = {r["payload"]["response_format"]["json_schema"]["name"] for r in server.requests}
+    assert sent == {"user_preferences"}
+    with_item0 = sum(0 in small.train[u].indices for u in range(small.n_users))
+    profiles = summary["profiles"]
+    assert profiles["structured"] == "json_schema"
+    assert profiles["without_answer"] == profiles["fallback_to_template"] == with_item0 > 0
+    assert profiles["answered"] == small.n_users - with_item0
+    texts = (tmp_path / "f" / "user_profiles.txt").read_text().splitlines()
+    assert sum(t.startswith("Shared attributes: things of u. Style & Aesthetics:") for t in texts) == (
+        small.n_users - with_item0)
+    side = json.loads((tmp_path / "f" / "user_pref_feat.json").read_text())
+    assert side["structured"] == "json_schema" and len(side["without_answer"]) == with_item0
 
 
 def test_ml100k_source_covers_every_movie():

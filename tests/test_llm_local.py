@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from recgoat.features.llm import read_cache
-from recgoat.features.profiles import parse_answer
+from recgoat.features.profiles import PREFERENCE_GRAMMAR, parse_profile
 from recgoat.features.server import LlamaCppServer, LLMServerError, resolve_model
 from tests.test_own_data import csv_load, write_shop
 
@@ -42,10 +42,16 @@ def test_a_server_that_cannot_load_its_model_fails_with_its_output(tmp_path):
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"not a gguf file")
     server = LlamaCppServer(model=str(broken), host="127.0.0.1", port=0, n_ctx=512, n_threads=1,
-                            startup_timeout=60)
+                            startup_timeout=60, structured_output="json_object")
     with pytest.raises(LLMServerError, match=r"exited with code \d+ before it answered"):
         with server:
             pass
+
+
+@needs_llm
+def test_the_preference_grammar_is_valid_gbnf():
+    from llama_cpp import LlamaGrammar
+    LlamaGrammar.from_string(PREFERENCE_GRAMMAR, verbose=False)
 
 
 @needs_llm
@@ -54,7 +60,7 @@ def test_profiles_from_a_real_local_llm(tmp_path):
     env = {**os.environ, "RECGOAT_CACHE_DIR": str(tmp_path / "cache"), "RECGOAT_LOG_DIR": str(tmp_path / "logs"),
            "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "recgoat.features", *SHOP, *FEATURES, "profile=llm", "llm_server=llama_cpp",
-           "max_history=4", "llm.max_tokens=96", "llm_concurrency=2"]
+           "max_history=4", "llm.max_tokens=320", "llm_concurrency=2"]   # llm.structured: json_object (the server)
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-5000:]
 
@@ -66,13 +72,14 @@ def test_profiles_from_a_real_local_llm(tmp_path):
     assert all(r["model"] == "smollm2" and r["usage"]["completion_tokens"] > 0 for r in cache.values())
     side = json.loads((out / "user_pref_feat.json").read_text())
     assert side["profile"] == "llm" and side["model"] == "smollm2" and side["endpoint"].startswith("http://127.0.0.1:")
-    answered = [u for u in data.user_ids if parse_answer(cache[str(u)]["response"]) is not None]
+    assert side["structured"] == "json_object"
+    answered = [u for u in data.user_ids if parse_profile(cache[str(u)]["response"], "json_object") is not None]
     assert side["answered"] == len(answered) and sorted(side["without_answer"]) == sorted(
         str(u) for u in data.user_ids if str(u) not in set(map(str, answered)))
     assert side["usage"]["responses"] == data.n_users and side["usage"]["completion_tokens"] > 0
     profiles = (out / "user_profiles.txt").read_text().splitlines()
     for u, line in zip(data.user_ids, profiles, strict=True):                 # the answer, or the template
-        answer = parse_answer(cache[str(u)]["response"])
+        answer = parse_profile(cache[str(u)]["response"], "json_object")
         if answer is not None:
             assert line == answer.replace("\n", " ")
         else:

@@ -1,10 +1,11 @@
-"""A client for OpenAI-compatible chat-completions endpoints (vLLM, Ollama, llama.cpp, OpenAI, ...).
+"""A client for OpenAI-compatible chat-completions endpoints (vLLM, Ollama, llama.cpp, OpenAI, ...), on the
+``openai`` package, with what it lacks for a long batch of requests.
 
-Requests run concurrently with a hard bound; 429, 5xx, timeouts and connection errors are
-retried with exponential backoff (``Retry-After`` honoured); every successful response is
-appended to a JSONL cache at once (flushed and fsynced), so an interrupted run resumes where it
-stopped and nothing already paid for is requested again. A cached response is reused only for the
-same request (model, messages and generation settings: ``request_sha256``).
+The ``openai`` client sends the requests (``base_url``, key, timeout; 408, 409, 429, 5xx, timeouts and connection
+errors retried with exponential backoff, ``Retry-After`` honoured); :func:`generate` runs them concurrently with a
+hard bound and appends every successful response to a JSONL cache at once (flushed and fsynced), so an interrupted
+run resumes where it stopped and nothing already paid for is requested again. A cached response is reused only for
+the same request: model, messages, generation settings and any structured-output field (``request_sha256``).
 """
 from __future__ import annotations
 
@@ -14,16 +15,15 @@ import logging
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+import openai
 from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
-RETRYABLE = {408, 409, 429, 500, 502, 503, 504}
+STRUCTURED = ("json_schema", "json_object", "grammar", "tags")
 
 
 class LLMError(RuntimeError):
@@ -31,78 +31,76 @@ class LLMError(RuntimeError):
 
 
 class ChatClient:
-    """POST ``{base_url}/chat/completions``.
+    """``POST {base_url}/chat/completions`` through ``openai.OpenAI``.
+
+    A request is the chat messages plus optional extra fields of the body (``response_format``, a llama.cpp
+    ``grammar``); :meth:`request` is the whole body, which the cache key hashes.
 
     Args:
         base_url: e.g. ``http://127.0.0.1:8000/v1``.
         model: the served model's name.
-        api_key_env: environment variable holding the API key (sent as a Bearer token if set).
-        timeout: seconds per request.
-        max_retries: retries after the first attempt for retryable failures.
-        backoff: first retry delay in seconds, doubled each retry (capped at ``max_backoff``).
+        api_key_env: environment variable holding the API key; without one, local servers need none (a placeholder
+            is sent, as the ``openai`` client requires a key).
+        timeout: seconds per attempt.
+        max_retries: retries after the first attempt for retryable failures (the ``openai`` client's backoff:
+            0.5 s doubling to 8 s, with jitter, or the server's ``Retry-After``).
         temperature, max_tokens: generation settings.
+        structured: how a structured answer is asked for: ``json_schema`` (OpenAI's ``response_format``: OpenAI,
+            vLLM, Ollama, llama.cpp's own server), ``json_object`` (``{"type": "json_object", "schema": ...}``:
+            llama-cpp-python's server), ``grammar`` (a GBNF ``grammar`` field: llama.cpp), ``tags`` (none: the prompt
+            asks for ``<answer>`` tags).
     """
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str | None, timeout: float, max_retries: int,
-                 backoff: float, max_backoff: float, temperature: float, max_tokens: int):
+                 temperature: float, max_tokens: int, structured: str):
+        if structured not in STRUCTURED:
+            raise ValueError(f"llm.structured must be one of {', '.join(STRUCTURED)}, got {structured!r}")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
-        self.api_key = os.environ.get(api_key_env) if api_key_env else None
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
         self.temperature = temperature
         self.max_tokens = max_tokens
+        self.structured = structured
+        key = os.environ.get(api_key_env) if api_key_env else None
+        self.client = openai.OpenAI(base_url=base_url, api_key=key or "unused-by-local-servers", timeout=timeout,
+                                    max_retries=max_retries)
+        self.max_retries = max_retries
 
-    def _post(self, payload: bytes) -> tuple[int, bytes, dict]:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.url, data=payload, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                return r.status, r.read(), dict(r.headers)
-        except urllib.error.HTTPError as e:
-            return e.code, e.read(), dict(e.headers or {})
+    def request(self, req: dict) -> bytes:
+        """The request body: ``req`` (``messages`` and any extra fields) with the model and generation settings."""
+        return json.dumps({"model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens,
+                           **req}, sort_keys=True).encode()
 
-    def request(self, messages: list[dict]) -> bytes:
-        return json.dumps({"model": self.model, "messages": messages, "temperature": self.temperature,
-                           "max_tokens": self.max_tokens}, sort_keys=True).encode()
+    def request_sha256(self, req: dict) -> str:
+        return hashlib.sha256(self.request(req)).hexdigest()  # not the URL: a local server's port varies
 
-    def request_sha256(self, messages: list[dict]) -> str:
-        return hashlib.sha256(self.request(messages)).hexdigest()  # not the URL: a local server's port varies
-
-    def complete(self, messages: list[dict]) -> str:
+    def complete(self, req: dict) -> str:
         """The assistant message's content; raises :class:`LLMError` when it cannot be had."""
-        return self.complete_with_usage(messages)[0]
+        return self.complete_with_usage(req)[0]
 
-    def complete_with_usage(self, messages: list[dict]) -> tuple[str, dict]:
+    def complete_with_usage(self, req: dict) -> tuple[str, dict]:
         """The content and the response's ``usage`` (token counts; ``{}`` when the server sends none)."""
-        payload = self.request(messages)
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            try:
-                status, body, headers = self._post(payload)
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-                status, body, headers, last = None, b"", {}, f"{type(e).__name__}: {getattr(e, 'reason', e)}"
-            if status is not None and 200 <= status < 300:
-                try:
-                    answer = json.loads(body)
-                    return answer["choices"][0]["message"]["content"], dict(answer.get("usage") or {})
-                except (ValueError, KeyError, IndexError, TypeError) as e:
-                    raise LLMError(f"{self.url}: malformed response ({type(e).__name__}): {body[:200]!r}") from None
-            if status is not None:
-                last = f"HTTP {status}: {body[:200].decode(errors='replace')}"
-                if status not in RETRYABLE:
-                    raise LLMError(f"{self.url}: {last}")
-            if attempt < self.max_retries:
-                delay = min(self.max_backoff, self.backoff * 2**attempt)
-                retry_after = headers.get("Retry-After") if headers else None
-                if retry_after and retry_after.replace(".", "", 1).isdigit():
-                    delay = min(self.max_backoff, float(retry_after))
-                time.sleep(delay)
-        raise LLMError(f"{self.url}: gave up after {self.max_retries + 1} attempts ({last})")
+        extra = {k: v for k, v in req.items() if k not in ("messages", "response_format")}
+        try:
+            resp = self.client.chat.completions.create(
+                model=self.model, messages=req["messages"], temperature=self.temperature, max_tokens=self.max_tokens,
+                **({"response_format": req["response_format"]} if "response_format" in req else {}),
+                **({"extra_body": extra} if extra else {}))
+        except openai.APIStatusError as e:
+            retried = e.status_code in (408, 409, 429) or e.status_code >= 500
+            raise LLMError(f"{self.url}: HTTP {e.status_code}{f' after {self.max_retries} retries' if retried else ''}"
+                           f": {str(e.message)[:200]}") from None
+        except (openai.APIResponseValidationError, ValueError) as e:   # a body that is not a chat completion
+            raise LLMError(f"{self.url}: malformed response ({type(e).__name__}): {str(e)[:200]}") from None
+        except openai.APIConnectionError as e:   # timeouts included
+            raise LLMError(f"{self.url}: gave up after {self.max_retries + 1} attempts ({type(e).__name__}: {e})"
+                           ) from None
+        try:
+            content = resp.choices[0].message.content
+            if not isinstance(content, str):
+                raise TypeError(f"content is {type(content).__name__}")
+        except (AttributeError, IndexError, TypeError) as e:
+            raise LLMError(f"{self.url}: malformed response ({type(e).__name__}): {str(resp)[:200]}") from None
+        return content, (resp.usage.model_dump(exclude_none=True) if resp.usage else {})
 
 
 def read_cache(path: Path) -> dict[str, dict]:
@@ -121,15 +119,16 @@ def read_cache(path: Path) -> dict[str, dict]:
     return out
 
 
-def _timed(client: ChatClient, messages: list[dict]) -> tuple[str, dict, float]:
+def _timed(client: ChatClient, req: dict) -> tuple[str, dict, float]:
     t0 = time.perf_counter()
-    text, usage = client.complete_with_usage(messages)
+    text, usage = client.complete_with_usage(req)
     return text, usage, time.perf_counter() - t0
 
 
-def generate(client: ChatClient, requests: dict[str, list[dict]], cache_path: str | Path, concurrency: int = 4,
+def generate(client: ChatClient, requests: dict[str, dict], cache_path: str | Path, concurrency: int = 4,
              progress: bool = True) -> tuple[dict[str, str], dict[str, str]]:
-    """Complete every request not already in the cache; returns (responses by key, errors by key).
+    """Complete every request (``{"messages": [...], ...}``) not already in the cache; returns (responses by key,
+    errors by key).
 
     At most ``concurrency`` requests are in flight. Responses are appended to ``cache_path`` as
     they arrive; failed requests are reported in the errors and not cached, so a rerun retries them.

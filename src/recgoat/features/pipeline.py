@@ -1,6 +1,7 @@
 """The feature pipeline: item text, item image and user preference features for one dataset."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -137,7 +138,7 @@ def _user_profiles(dataset, metas, texts, out, text_encoder, mode, max_history, 
             raise ValueError(f"llm_without_answer must be 'template' or 'response', got {without_answer!r}")
         if client is None:
             raise ValueError("profile=llm needs an endpoint: set features.llm.base_url and features.llm.model")
-        requests = {str(u): prof.chat_messages(h, dataset.item_ids, texts)
+        requests = {str(u): prof.chat_request(h, dataset.item_ids, texts, client.structured)
                     for u, h in zip(dataset.user_ids, histories, strict=True)}
         t0 = time.perf_counter()
         responses, errors = generate(client, requests, out / "user_pref_llm.jsonl", concurrency=concurrency)
@@ -145,7 +146,7 @@ def _user_profiles(dataset, metas, texts, out, text_encoder, mode, max_history, 
         profile_texts, no_answer = [], []
         for u, template in zip(dataset.user_ids, templates, strict=True):
             response = responses.get(str(u), "")
-            answer = prof.parse_answer(response)
+            answer = prof.parse_profile(response, client.structured)
             if answer is None:
                 if str(u) in responses:
                     no_answer.append(str(u))
@@ -158,8 +159,11 @@ def _user_profiles(dataset, metas, texts, out, text_encoder, mode, max_history, 
         if errors:
             log.warning("%d LLM request(s) failed (first: %s); template profiles used for them; rerun to retry",
                         len(errors), next(iter(errors.values())))
+        prompt = [prof.SYSTEM_PROMPT, prof.USER_PROMPT] if client.structured == "tags" else \
+            [prof.SYSTEM_PROMPT, prof.STRUCTURED_PROMPT, json.dumps(prof.PREFERENCE_SCHEMA, sort_keys=True)]
+        stats["structured"] = client.structured
         source = {"profile": "llm", "model": client.model, "endpoint": client.url, "max_history": max_history,
-                  "prompt_sha256": digest([prof.SYSTEM_PROMPT, prof.USER_PROMPT]), "usage": stats["llm"],
+                  "structured": client.structured, "prompt_sha256": digest(prompt), "usage": stats["llm"],
                   "answered": stats["answered"], "without_answer_gets": without_answer, "errors": errors,
                   "without_answer": no_answer}
     else:

@@ -1,9 +1,11 @@
 """User preference texts from *training* histories: the paper's LLM prompt, or a deterministic template."""
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 
+import jsonschema
 import numpy as np
 
 from recgoat.data import RecDataset
@@ -24,6 +26,45 @@ Step 2 - Preferences: infer the user's preferences along four dimensions, each w
 
 Write your reasoning inside <think>...</think>, then the final preference summary inside <answer>...</answer>."""
 
+# the paper's dimensions, in the order the embedded profile text lists them: (JSON field, label)
+PREFERENCES = [("style_aesthetics", "Style & Aesthetics"), ("function_usability", "Function & Usability"),
+               ("context_emotion", "Context & Emotion"), ("other", "Other")]
+
+_PREFERENCE = {"type": "object", "properties": {"preference": {"type": "string", "minLength": 1},
+                                                 "evidence": {"type": "string"}},
+               "required": ["preference", "evidence"], "additionalProperties": False}
+PREFERENCE_SCHEMA = {
+    "type": "object",
+    "properties": {"shared_attributes": {"type": "string", "minLength": 1}, **{f: _PREFERENCE for f, _ in PREFERENCES}},
+    "required": ["shared_attributes", *(f for f, _ in PREFERENCES)],
+    "additionalProperties": False,
+}
+
+STRUCTURED_PROMPT = """Below is the interaction history of one user: the items they engaged with, each with its id and description.
+
+{history}
+
+Reason in two steps.
+Step 1 - Shared attributes: the attributes these items share (category, function, style, material, usage scenario, price range).
+Step 2 - Preferences: the user's preferences along four dimensions, each with evidence from the history:
+  Style & Aesthetics; Function & Usability; Context & Emotion; Other (brand loyalty, price sensitivity, sustainability).
+
+Answer with a JSON object only: {{"shared_attributes": "...", "style_aesthetics": {{"preference": "...", "evidence": "..."}}, "function_usability": {{...}}, "context_emotion": {{...}}, "other": {{...}}}}."""
+
+
+def _gbnf() -> str:
+    """A llama.cpp GBNF grammar that admits exactly the JSON objects of :data:`PREFERENCE_SCHEMA` (fields in order)."""
+    fields = ['"\\"shared_attributes\\":" ws string'] + [f'"\\"{f}\\":" ws preference' for f, _ in PREFERENCES]
+    return "\n".join([
+        'root ::= "{" ws ' + ' "," ws '.join(fields) + ' "}" ws',
+        'preference ::= "{" ws "\\"preference\\":" ws string "," ws "\\"evidence\\":" ws string "}" ws',
+        'string ::= "\\"" ( [^"\\\\\\x00-\\x1f] | "\\\\" ( ["\\\\/bfnrt] | "u" [0-9a-fA-F]{4} ) )+ "\\"" ws',
+        'ws ::= [ \\t\\n]{0,2}',
+    ])
+
+
+PREFERENCE_GRAMMAR = _gbnf()
+
 ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 
 
@@ -41,9 +82,45 @@ def history_lines(items: np.ndarray, item_ids, texts: list[str]) -> str:
     return "\n".join(f"- [{item_ids[i]}] {texts[i]}" for i in items)
 
 
-def chat_messages(items: np.ndarray, item_ids, texts: list[str]) -> list[dict]:
+def chat_messages(items: np.ndarray, item_ids, texts: list[str], prompt: str = USER_PROMPT) -> list[dict]:
     return [{"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": USER_PROMPT.format(history=history_lines(items, item_ids, texts))}]
+            {"role": "user", "content": prompt.format(history=history_lines(items, item_ids, texts))}]
+
+
+def chat_request(items: np.ndarray, item_ids, texts: list[str], structured: str) -> dict:
+    """The preference request of one user: the paper's prompt, and the answer's format as ``structured`` asks it
+    (see :class:`recgoat.features.llm.ChatClient`)."""
+    if structured == "tags":
+        return {"messages": chat_messages(items, item_ids, texts)}
+    req = {"messages": chat_messages(items, item_ids, texts, STRUCTURED_PROMPT)}
+    if structured == "json_schema":
+        req["response_format"] = {"type": "json_schema", "json_schema": {"name": "user_preferences", "strict": True,
+                                                                         "schema": PREFERENCE_SCHEMA}}
+    elif structured == "json_object":
+        req["response_format"] = {"type": "json_object", "schema": PREFERENCE_SCHEMA}
+    elif structured == "grammar":
+        req["grammar"] = PREFERENCE_GRAMMAR
+    else:
+        raise ValueError(f"unknown structured-output mode {structured!r}")
+    return req
+
+
+def parse_structured(response: str) -> str | None:
+    """The profile text of a JSON answer that satisfies :data:`PREFERENCE_SCHEMA`, its fields in a fixed order
+    (shared attributes, then each dimension's preference; the evidence is not embedded), or ``None``."""
+    try:
+        answer = json.loads(response or "")
+        jsonschema.validate(answer, PREFERENCE_SCHEMA)
+    except (ValueError, jsonschema.ValidationError):
+        return None
+    parts = [f"Shared attributes: {answer['shared_attributes'].strip()}."]
+    parts += [f"{label}: {answer[field]['preference'].strip()}." for field, label in PREFERENCES]
+    return " ".join(parts)
+
+
+def parse_profile(response: str, structured: str) -> str | None:
+    """The profile text of a response, or ``None`` when it has no usable answer."""
+    return parse_answer(response) if structured == "tags" else parse_structured(response)
 
 
 def parse_answer(response: str) -> str | None:

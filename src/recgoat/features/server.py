@@ -67,12 +67,16 @@ class LlamaCppServer:
         n_ctx: context length in tokens (prompt and answer).
         n_threads: CPU threads of the model.
         startup_timeout: seconds to wait for ``GET /v1/models`` to answer.
+        structured_output: the structured-output mode the server takes (``json_object``: llama-cpp-python's
+            ``response_format`` with a ``schema``; it has no ``json_schema`` type); the features' ``llm.structured``
+            follows it when the server is started.
 
     ``OMP_WAIT_POLICY=PASSIVE`` is set in the child: with OpenMP's busy waiting, generation slows
     from ~50 to < 7 tokens/s as soon as anything else uses the CPU.
     """
 
-    def __init__(self, *, model: str, host: str, port: int, n_ctx: int, n_threads: int, startup_timeout: float):
+    def __init__(self, *, model: str, host: str, port: int, n_ctx: int, n_threads: int, startup_timeout: float,
+                 structured_output: str):
         self.model_path = resolve_model(model)
         self.model_name = model if model in PACKAGED_MODELS else self.model_path.stem
         self.host = host
@@ -80,6 +84,7 @@ class LlamaCppServer:
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.startup_timeout = startup_timeout
+        self.structured_output = structured_output
         self.base_url = f"http://{host}:{self.port}/v1"
         self._proc: subprocess.Popen | None = None
         self._log = None
