@@ -175,8 +175,8 @@ def fig_cost(results: Path):
     models = list(dict.fromkeys(r["model"] for r in steps))
     for i, m in enumerate(models):
         xs = [j + (i - (len(models) - 1) / 2) * 0.8 / len(models) for j in range(len(labels))]
-        right.bar(xs, [_float(next(r for r in steps if r["data"] == d and r["model"] == m)["s per epoch"])
-                       for d in labels], 0.8 / len(models), label=m)
+        cell = {r["data"]: _float(r["s per epoch"]) for r in steps if r["model"] == m}
+        right.bar(xs, [cell.get(d, float("nan")) for d in labels], 0.8 / len(models), label=m)
     right.set_xticks(range(len(labels)), labels)
     right.set_ylabel("s / epoch (1 thread, fastest round)")
     right.set_title("RecGOAT's step vs MGCN's (make bench)")
