@@ -16,7 +16,9 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+from recgoat.utils.config import project_root
+
+EXPERIMENTS = project_root() / "experiments"
 TABLE = re.compile(r"(<!-- table: (?P<csv>[^ ]+\.csv) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
 

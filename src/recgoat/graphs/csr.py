@@ -10,11 +10,17 @@ import torch
 from torch import Tensor
 
 
+def index_dtype(*sizes: int) -> torch.dtype:
+    """int32 for indices up to the largest of ``sizes`` where they fit (the CPU's sparse kernels take int32 without
+    converting it at every product), int64 otherwise."""
+    return torch.int32 if max(sizes) < 2**31 - 1 else torch.int64
+
+
 def to_torch_csr(m: sp.spmatrix) -> Tensor:
     """A scipy matrix as a torch CSR tensor (int32 indices when they fit: faster CPU kernels)."""
     m = sp.csr_matrix(m, dtype=np.float32)
     m.sort_indices()
-    idx_dtype = torch.int32 if m.nnz < 2**31 - 1 and max(m.shape) < 2**31 - 1 else torch.int64
+    idx_dtype = index_dtype(m.nnz, *m.shape)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
         return torch.sparse_csr_tensor(
@@ -29,8 +35,7 @@ def to_torch_csr(m: sp.spmatrix) -> Tensor:
 @dataclass(frozen=True)
 class CSREdges:
     """The edges of a square :class:`DeviceCSR` graph ``A[target, source]`` on one device, in the two orders graph
-    attention reads them (``E`` edges, ``N`` nodes; int32 where they fit, which the CPU's sparse kernels take
-    without converting them at every product, int64 otherwise):
+    attention reads them (``E`` edges, ``N`` nodes; :func:`index_dtype`):
 
     - by target (the CSR rows): ``rowptr`` ``[N + 1]``, source ``col`` ``[E]``, target ``row`` ``[E]``;
     - by source (the transpose): ``perm_t`` ``[E]`` (edge ids in that order), ``rowptr_t`` ``[N + 1]``,
@@ -79,7 +84,7 @@ class HeadBlocks:
     @classmethod
     def of(cls, g: CSREdges, heads: int) -> HeadBlocks:
         n, e = g.num_nodes, g.num_edges
-        dtype = torch.int32 if heads * max(n, e) < 2**31 - 1 else torch.int64
+        dtype = index_dtype(heads * n, heads * e)
         node_offset = torch.arange(heads, device=g.col.device, dtype=dtype)[:, None] * n    # [H, 1]
         edge_offset = torch.arange(heads, device=g.col.device, dtype=dtype)[:, None] * e
 
@@ -174,7 +179,7 @@ class DeviceCSR:
             counts_t = torch.bincount(col, minlength=n)
             rowptr_t = torch.cat([counts_t.new_zeros(1), counts_t.cumsum(0)])
             parts = (rowptr, col, row, perm_t, rowptr_t, row[perm_t], torch.arange(col.numel()))
-            dtype = torch.int32 if max(n, col.numel()) < 2**31 - 1 else torch.int64
+            dtype = index_dtype(n, col.numel())
             return CSREdges(*(t.to(d, dtype) for t in parts), num_nodes=n)
 
         return self._on("edges", device, build)

@@ -105,12 +105,12 @@ class DimensionTransport(nn.Module):
     def _updates(self, neg_k: Tensor, big_f: Tensor, big_g_next: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
         """``n`` log-domain Sinkhorn updates in units of eps (``F = f/eps``, ``G = g/eps``, ``K = -C/eps``), from
         ``F`` and the ``G`` it gives; returns ``(F, G, G')``, ``G'`` the next g-update (for the marginal test)."""
-        log_a, log_b = -math.log(neg_k.shape[0]), -math.log(neg_k.shape[1])
+        log_b = -math.log(neg_k.shape[1])
         big_g = big_g_next
         for _ in range(n):
             big_g = big_g_next
             big_f = -torch.logsumexp(log_b + big_g[None, :] + neg_k, dim=1)
-            big_g_next = -torch.logsumexp(log_a + big_f[:, None] + neg_k, dim=0)
+            big_g_next = self._g_update(neg_k, big_f)
         return big_f, big_g, big_g_next
 
     def _to_plan(self, neg_k: Tensor, big_f: Tensor, big_g: Tensor) -> Tensor:
@@ -227,8 +227,9 @@ class SinkhornW1(nn.Module):
         blur: the final entropic scale :math:`\varepsilon` (= blur^p, p=1).
         scaling: ratio of two successive epsilons of the annealing schedule (smaller: fewer updates).
         max_points: subsample size (``None``: all points).
-        compile: run the solver (normalisation, costs, Sinkhorn loop) as one ``torch.compile`` d graph: some ten
-            fused kernels instead of about 500 small ops, for launch-bound devices; compiled on the first call.
+        compile: run the solver (normalisation, costs, Sinkhorn loop) as one graph compiled by ``torch.compile``:
+            some ten fused kernels instead of about 500 small ops, for launch-bound devices; compiled on the first
+            call.
 
     Shapes: ``[n, d]`` or a list of ``M`` of them (their divergences summed), ``[n, d]`` -> scalar.
     """
