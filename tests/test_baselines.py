@@ -1,4 +1,4 @@
-"""The multimodal baselines (VBPR, FREEDOM, MGCN, LGMRec) on the narrow model API."""
+"""The multimodal baselines (VBPR, FREEDOM, MGCN, LGMRec, SMORE, MENTOR) on the narrow model API."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,19 +8,19 @@ import torch
 
 from recgoat.data import DataError, RecDataset
 from recgoat.graphs import degree_sensitive_pruning, normalized_bipartite_adjacency
-from recgoat.models import FREEDOM, MGCN, VBPR, LGMRec
-from recgoat.models.freedom import mixing_weights
+from recgoat.models import FREEDOM, MENTOR, MGCN, SMORE, VBPR, LGMRec
+from recgoat.models.inputs import mixing_weights
 from recgoat.nn import bpr_loss
 from recgoat.training import BPRBatches
 from recgoat.utils.config import build_model
 
-BASELINES = {"vbpr": VBPR, "freedom": FREEDOM, "mgcn": MGCN, "lgmrec": LGMRec}
+BASELINES = {"vbpr": VBPR, "freedom": FREEDOM, "mgcn": MGCN, "lgmrec": LGMRec, "smore": SMORE, "mentor": MENTOR}
 
 
 def build(cls, dataset, tmp_path, *overrides: str):
     """The model's real config at d=16 (k=5 for the kNN graphs)."""
     name = next(n for n, c in BASELINES.items() if c is cls)
-    small = [] if cls in (VBPR, LGMRec) else ["model.knn_k=5"]
+    small = [] if cls in (VBPR, LGMRec) else ["model.knn_k={image:5,text:5}"] if cls is SMORE else ["model.knn_k=5"]
     torch.manual_seed(0)
     return build_model(dataset, [f"model={name}", "model.embedding_dim=16", f"paths.cache_dir={tmp_path}", *small,
                                  *overrides])

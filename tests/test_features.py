@@ -158,6 +158,29 @@ def test_structured_profiles_count_schema_violations_and_fall_back_to_the_templa
     assert side["structured"] == "json_schema" and len(side["without_answer"]) == with_item0
 
 
+def test_llm_users_asks_the_first_users_only_and_the_rest_get_templates(tmp_path, small, text_encoder):
+    meta = metadata(small.n_items, [None] * small.n_items)
+    templates = build_features(small, meta, tmp_path / "t", text_fields=["title", "genres"],
+                               text_encoder=text_encoder, profile="template")
+    assert templates["profiles"]["mode"] == "template"
+    with FakeLLM(lambda key, attempt: (200, json_body(key, json.dumps(preference_answer("u"))))) as server:
+        client = make_client(server.base_url, "tiny-llm", structured="json_schema")
+        summary = build_features(small, meta, tmp_path / "f", text_fields=["title", "genres"],
+                                 text_encoder=text_encoder, profile="llm", llm_client=client, llm_users=5)
+        assert len(server.requests) == 5
+        with pytest.raises(ValueError, match=rf"llm_users must be in 1..{small.n_users} .* got 0"):
+            build_features(small, meta, tmp_path / "g", text_fields=["title", "genres"], text_encoder=text_encoder,
+                           profile="llm", llm_client=client, llm_users=0)
+    profiles = summary["profiles"]
+    assert (profiles["asked"], profiles["answered"], profiles["not_asked"]) == (5, 5, small.n_users - 5)
+    texts = (tmp_path / "f" / "user_profiles.txt").read_text().splitlines()
+    template_texts = (tmp_path / "t" / "user_profiles.txt").read_text().splitlines()
+    assert all(t.startswith("Shared attributes: things of u.") for t in texts[:5])
+    assert texts[5:] == template_texts[5:]                # the users not asked keep their template profiles
+    side = json.loads((tmp_path / "f" / "user_pref_feat.json").read_text())
+    assert side["asked"] == 5 and side["answered"] == 5
+
+
 def test_ml100k_source_covers_every_movie():
     items = ml100k_items(shared_dataset("ml100k-multimodal"))
     assert len(items) == 1682 and all(m["title"] for m in items.values())

@@ -42,7 +42,7 @@ def test_a_server_that_cannot_load_its_model_fails_with_its_output(tmp_path):
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"not a gguf file")
     server = LlamaCppServer(model=str(broken), host="127.0.0.1", port=0, n_ctx=512, n_threads=1,
-                            startup_timeout=60, structured_output="json_object")
+                            startup_timeout=60, structured_output="grammar")
     with pytest.raises(LLMServerError, match=r"exited with code \d+ before it answered"):
         with server:
             pass
@@ -60,7 +60,7 @@ def test_profiles_from_a_real_local_llm(tmp_path):
     env = {**os.environ, "RECGOAT_CACHE_DIR": str(tmp_path / "cache"), "RECGOAT_LOG_DIR": str(tmp_path / "logs"),
            "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "recgoat.features", *SHOP, *FEATURES, "profile=llm", "llm_server=llama_cpp",
-           "max_history=4", "llm.max_tokens=320", "llm_concurrency=2"]   # llm.structured: json_object (the server)
+           "max_history=4", "llm.max_tokens=320", "llm_concurrency=2"]   # llm.structured: grammar (the server)
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-5000:]
 
@@ -72,14 +72,14 @@ def test_profiles_from_a_real_local_llm(tmp_path):
     assert all(r["model"] == "smollm2" and r["usage"]["completion_tokens"] > 0 for r in cache.values())
     side = json.loads((out / "user_pref_feat.json").read_text())
     assert side["profile"] == "llm" and side["model"] == "smollm2" and side["endpoint"].startswith("http://127.0.0.1:")
-    assert side["structured"] == "json_object"
-    answered = [u for u in data.user_ids if parse_profile(cache[str(u)]["response"], "json_object") is not None]
+    assert side["structured"] == "grammar"
+    answered = [u for u in data.user_ids if parse_profile(cache[str(u)]["response"], "grammar") is not None]
     assert side["answered"] == len(answered) and sorted(side["without_answer"]) == sorted(
         str(u) for u in data.user_ids if str(u) not in set(map(str, answered)))
     assert side["usage"]["responses"] == data.n_users and side["usage"]["completion_tokens"] > 0
     profiles = (out / "user_profiles.txt").read_text().splitlines()
     for u, line in zip(data.user_ids, profiles, strict=True):                 # the answer, or the template
-        answer = parse_profile(cache[str(u)]["response"], "json_object")
+        answer = parse_profile(cache[str(u)]["response"], "grammar")
         if answer is not None:
             assert line == answer.replace("\n", " ")
         else:

@@ -40,7 +40,8 @@ def main(cfg: DictConfig) -> dict:
                                  text_encoder=text, image_encoder=image, profile=cfg.profile,
                                  max_history=cfg.max_history, prompt_fields=list(cfg.features.prompt_fields),
                                  llm_client=client, llm_concurrency=cfg.llm_concurrency,
-                                 without_answer=cfg.llm_without_answer, force=cfg.force)
+                                 without_answer=cfg.llm_without_answer, llm_users=cfg.llm_users,
+                                 force=cfg.force)
     summary["wall_s"] = time.perf_counter() - t0
     log.info("features for %s:\n%s", dataset.name, json.dumps(summary, indent=2, default=str))
     return summary

@@ -47,8 +47,8 @@ class ChatClient:
         temperature, max_tokens: generation settings.
         structured: how a structured answer is asked for: ``json_schema`` (OpenAI's ``response_format``: OpenAI,
             vLLM, Ollama, llama.cpp's own server), ``json_object`` (``{"type": "json_object", "schema": ...}``:
-            llama-cpp-python's server), ``grammar`` (a GBNF ``grammar`` field: llama.cpp), ``tags`` (none: the prompt
-            asks for ``<answer>`` tags).
+            servers with a JSON mode), ``grammar`` (a GBNF ``grammar`` field: llama.cpp's servers), ``tags`` (none: the
+            prompt asks for ``<answer>`` tags).
     """
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str | None, timeout: float, max_retries: int,

@@ -23,13 +23,14 @@ def _file_digest(path: Path | None) -> str:
 def build_features(dataset: RecDataset, metadata: dict, out_dir: str | Path, text_fields: list[str],
                    text_encoder=None, image_encoder=None, profile: str = "template", max_history: int = 50,
                    prompt_fields: list[str] | None = None, llm_client=None, llm_concurrency: int = 4,
-                   without_answer: str = "template", force: bool = False) -> dict:
+                   without_answer: str = "template", llm_users: int | None = None, force: bool = False) -> dict:
     """Write ``text_feat.npy``, ``image_feat.npy`` and ``user_pref_feat.npy`` (+ sidecars) to ``out_dir``.
 
     ``metadata`` maps raw item ids to their fields (see :mod:`recgoat.features.sources`); rows
     follow ``dataset.item_ids`` / ``dataset.user_ids``. ``prompt_fields`` describe an item in the LLM
     prompt (``None``: the ``text_fields``); a user whose LLM response has no ``<answer>`` gets the
-    template profile (``without_answer="template"``) or the whole response (``"response"``). Each file is
+    template profile (``without_answer="template"``) or the whole response (``"response"``). ``llm_users``: ask
+    the LLM for the first that many users only (dataset order; ``None``: all), the others get templates. Each file is
     skipped when its sidecar says it was built from the same inputs by the same encoder. Returns a summary
     with timings.
     """
@@ -87,7 +88,8 @@ def build_features(dataset: RecDataset, metadata: dict, out_dir: str | Path, tex
     if profile != "none" and text_encoder is not None:
         prompt_texts = texts if prompt_fields is None else [item_text(m, prompt_fields)[0] for m in metas]
         summary["profiles"] = _user_profiles(dataset, metas, prompt_texts, out, text_encoder, profile,
-                                             max_history, llm_client, llm_concurrency, without_answer, force)
+                                             max_history, llm_client, llm_concurrency, without_answer, llm_users,
+                                             force)
     return summary
 
 
@@ -118,7 +120,7 @@ def llm_usage(cache_path: Path, requests: dict, client, wall_s: float) -> dict:
 
 
 def _user_profiles(dataset, metas, texts, out, text_encoder, mode, max_history, client, concurrency, without_answer,
-                   force) -> dict:
+                   llm_users, force) -> dict:
     histories = prof.training_histories(dataset, max_history)
     # an item is named by its title, or by its text from the fields the source was given (an item table's columns)
     names = [(m or {}).get("title") or text for m, text in zip(metas, texts, strict=True)]
@@ -138,13 +140,20 @@ def _user_profiles(dataset, metas, texts, out, text_encoder, mode, max_history, 
             raise ValueError(f"llm_without_answer must be 'template' or 'response', got {without_answer!r}")
         if client is None:
             raise ValueError("profile=llm needs an endpoint: set features.llm.base_url and features.llm.model")
+        if llm_users is not None and not 0 < llm_users <= dataset.n_users:
+            raise ValueError(f"llm_users must be in 1..{dataset.n_users} (the dataset's users) or null, "
+                             f"got {llm_users}")
+        asked = dataset.user_ids[: dataset.n_users if llm_users is None else llm_users]
         requests = {str(u): prof.chat_request(h, dataset.item_ids, texts, client.structured)
-                    for u, h in zip(dataset.user_ids, histories, strict=True)}
+                    for u, h in zip(asked, histories, strict=False)}
         t0 = time.perf_counter()
         responses, errors = generate(client, requests, out / "user_pref_llm.jsonl", concurrency=concurrency)
         stats["llm"] = llm_usage(out / "user_pref_llm.jsonl", requests, client, time.perf_counter() - t0)
         profile_texts, no_answer = [], []
         for u, template in zip(dataset.user_ids, templates, strict=True):
+            if str(u) not in requests:                  # beyond llm_users: not asked
+                profile_texts.append(template)
+                continue
             response = responses.get(str(u), "")
             answer = prof.parse_profile(response, client.structured)
             if answer is None:
@@ -153,9 +162,10 @@ def _user_profiles(dataset, metas, texts, out, text_encoder, mode, max_history, 
                 # the user branch never gets an empty input: a failed request always gets the template
                 answer = response.strip() if without_answer == "response" and response.strip() else template
             profile_texts.append(answer)
-        stats.update({"requested_errors": len(errors), "without_answer": len(no_answer),
-                      "answered": dataset.n_users - len(errors) - len(no_answer),
-                      "fallback_to_template": len(errors) + (len(no_answer) if without_answer == "template" else 0)})
+        stats.update({"asked": len(requests), "requested_errors": len(errors), "without_answer": len(no_answer),
+                      "answered": len(requests) - len(errors) - len(no_answer),
+                      "fallback_to_template": len(errors) + (len(no_answer) if without_answer == "template" else 0),
+                      "not_asked": dataset.n_users - len(requests)})
         if errors:
             log.warning("%d LLM request(s) failed (first: %s); template profiles used for them; rerun to retry",
                         len(errors), next(iter(errors.values())))
@@ -164,7 +174,8 @@ def _user_profiles(dataset, metas, texts, out, text_encoder, mode, max_history, 
         stats["structured"] = client.structured
         source = {"profile": "llm", "model": client.model, "endpoint": client.url, "max_history": max_history,
                   "structured": client.structured, "prompt_sha256": digest(prompt), "usage": stats["llm"],
-                  "answered": stats["answered"], "without_answer_gets": without_answer, "errors": errors,
+                  "asked": stats["asked"], "answered": stats["answered"], "without_answer_gets": without_answer,
+                  "errors": errors,
                   "without_answer": no_answer}
     else:
         raise ValueError(f"profile must be 'template', 'llm' or 'none', got {mode!r}")

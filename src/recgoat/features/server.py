@@ -67,9 +67,10 @@ class LlamaCppServer:
         n_ctx: context length in tokens (prompt and answer).
         n_threads: CPU threads of the model.
         startup_timeout: seconds to wait for ``GET /v1/models`` to answer.
-        structured_output: the structured-output mode the server takes (``json_object``: llama-cpp-python's
-            ``response_format`` with a ``schema``; it has no ``json_schema`` type); the features' ``llm.structured``
-            follows it when the server is started.
+        structured_output: the structured-output mode the server honours (``grammar``: llama-cpp-python's
+            server takes a GBNF ``grammar``; it has no ``json_schema`` type, and its ``json_object`` with a
+            ``schema`` returned invalid JSON from SmolLM2 in 0.3.16); the features' ``llm.structured`` follows it
+            when the server is started.
 
     ``OMP_WAIT_POLICY=PASSIVE`` is set in the child: with OpenMP's busy waiting, generation slows
     from ~50 to < 7 tokens/s as soon as anything else uses the CPU.

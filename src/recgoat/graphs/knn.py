@@ -8,6 +8,7 @@ import scipy.sparse as sp
 import torch
 
 from recgoat.graphs.cache import cache_key, cached_sparse_by_key
+from recgoat.graphs.user_item import sym_normalize
 from recgoat.utils.ranking import topk_stable
 
 KNN_BUILDER_VERSION = 2  # bump when the construction changes: it is part of the cache key
@@ -214,3 +215,9 @@ class KNNGraphs:
             self._built[key] = build() if self.cache_dir is None else \
                 cached_sparse_by_key(self.cache_dir, "knn", key, build)
         return self._built[key]
+
+    def normalized(self, x: np.ndarray, k: int, *, weighted: bool) -> sp.csr_matrix:
+        """MMRec's item-item graph, as FREEDOM, MGCN, SMORE and MENTOR build it: each row's directed top-``k`` by
+        cosine (the row itself among its ``k``; cosine-weighted or binary), then ``D^-1/2 A D^-1/2`` with the row
+        degrees."""
+        return sym_normalize(self(x, k, include_self=True, symmetric=False, self_loops=False, weighted=weighted))

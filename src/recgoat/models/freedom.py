@@ -5,11 +5,11 @@ import torch
 from torch import Tensor, nn
 
 from recgoat.data import RecDataset
-from recgoat.graphs import degree_sensitive_pruning, normalized_bipartite_adjacency, sym_normalize
+from recgoat.graphs import degree_sensitive_pruning, normalized_bipartite_adjacency
 from recgoat.graphs.csr import DeviceCSR
 from recgoat.graphs.knn import KNNGraphs, KNNSearch
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
-from recgoat.models.inputs import item_modalities
+from recgoat.models.inputs import item_modalities, mixing_weights
 from recgoat.nn import SparseOperator, bpr_loss, feature_tables
 from recgoat.nn.backends import lightgcn_propagation
 
@@ -62,9 +62,8 @@ class FREEDOM(Recommender):
         self.projections = nn.ModuleDict({m: nn.Linear(x.shape[1], d) for m, x in features.items()})
         weights = mixing_weights(self.modalities, dict(modality_weights))
         knn = KNNGraphs(knn_search, cache_dir)
-        self.item_graph = SparseOperator(sum(  # the directed top-k graph of each modality, the item among its k
-            w * sym_normalize(knn(features[m], knn_k, include_self=True, symmetric=False, self_loops=False,
-                                  weighted=False)) for m, w in weights.items()))
+        self.item_graph = SparseOperator(sum(w * knn.normalized(features[m], knn_k, weighted=False)
+                                             for m, w in weights.items()))
         self.propagate = lightgcn_propagation(backend, n_ui_layers)
         self.full_adj = DeviceCSR(normalized_bipartite_adjacency(dataset.train))
         self.pruned_adj = self.full_adj
@@ -103,19 +102,3 @@ class FREEDOM(Recommender):
     def scorer(self) -> Scorer:
         return EmbeddingScorer(*self())
 
-
-def mixing_weights(modalities: list[str], given: dict[str, float]) -> dict[str, float]:
-    """Weights per modality summing to 1: the ``given`` ones, the rest shared equally by the others. Weights
-    of modalities the model does not use are ignored (one config serves text-only and text+image data)."""
-    given = {m: w for m, w in given.items() if m in modalities}
-    if any(w < 0 for w in given.values()):
-        raise ValueError(f"modality_weights must be >= 0, got {given}")
-    rest = [m for m in modalities if m not in given]
-    left = 1.0 - sum(given.values())
-    if rest and left < 0:
-        raise ValueError(f"modality_weights {given} leave nothing for {rest}")
-    w = {m: float(given.get(m, left / len(rest) if rest else 0.0)) for m in modalities}
-    total = sum(w.values())
-    if total <= 0:
-        raise ValueError(f"modality_weights must not all be 0: {given}")
-    return {m: v / total for m, v in w.items()}

@@ -49,3 +49,20 @@ def item_modalities(dataset: RecDataset, model: str, modalities: list[str] | Non
         raise DataError(f"modalities {names} must be a non-empty subset of dataset '{dataset.name}''s "
                         f"{list(dataset.item_features)}")
     return {m: fill_missing_rows(f"item feature '{m}'", dataset.item_features[m], missing_features) for m in names}
+
+
+def mixing_weights(modalities: list[str], given: dict[str, float]) -> dict[str, float]:
+    """Weights per modality summing to 1: the ``given`` ones, the rest shared equally by the others. Weights
+    of modalities the model does not use are ignored (one config serves text-only and text+image data)."""
+    given = {m: w for m, w in given.items() if m in modalities}
+    if any(w < 0 for w in given.values()):
+        raise ValueError(f"modality_weights must be >= 0, got {given}")
+    rest = [m for m in modalities if m not in given]
+    left = 1.0 - sum(given.values())
+    if rest and left < 0:
+        raise ValueError(f"modality_weights {given} leave nothing for {rest}")
+    w = {m: float(given.get(m, left / len(rest) if rest else 0.0)) for m in modalities}
+    total = sum(w.values())
+    if total <= 0:
+        raise ValueError(f"modality_weights must not all be 0: {given}")
+    return {m: v / total for m, v in w.items()}

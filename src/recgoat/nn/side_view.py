@@ -7,7 +7,6 @@ import torch
 from torch import Tensor, nn
 
 from recgoat.graphs.knn import KNNGraphs
-from recgoat.graphs.user_item import sym_normalize
 from recgoat.nn.cmcl import info_nce
 from recgoat.nn.sparse import SparseOperator
 
@@ -105,9 +104,7 @@ class SideView(nn.Module):
         self.purifiers = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in self.modalities})
         self.preferences = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in self.modalities})
         self.query_common = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
-        self.item_graphs = {m: SparseOperator(sym_normalize(knn(x, knn_k, include_self=True, symmetric=False,
-                                                                self_loops=False, weighted=True)))
-                            for m, x in features.items()}
+        self.item_graphs = {m: SparseOperator(knn.normalized(x, knn_k, weighted=True)) for m, x in features.items()}
         self.r_hat = SparseOperator(r_hat)
         self.contrast = contrast
 
