@@ -14,8 +14,8 @@ python-dateutil six pytz tzdata lmdb`` put them.
 
 Both report valid and test at the best valid epoch (recall@20; early stopping on valid with the same patience) and
 the mean training loss per batch of every epoch (MMRec's trainer logs the sum over batches: divided here). Appends one
-row per (implementation, seed) to ``--out`` (a CSV) and writes the curves next to it (``*_curves.csv``); a row that is
-already there is not rerun.
+row per (implementation, seed) to ``--out`` (a CSV) and the curves to ``curves/<out>_curves.csv`` beside it; a row that
+is already there is not rerun.
 """
 from __future__ import annotations
 
@@ -217,20 +217,23 @@ def main() -> None:
     if args.out.exists():
         done = {(r["model"], r["dataset"], r["implementation"], int(r["seed"]), int(r["budget_epochs"]))
                 for r in csv.DictReader(open(args.out))}
-    curves_path = args.out.with_name(args.out.stem + "_curves.csv")
+    curves_path = args.out.parent / "curves" / f"{args.out.stem}_curves.csv"
+    curves_path.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for impl in ("authors", "ours"):
             if args.only not in (None, impl) or (args.model, args.dataset, impl, seed, args.epochs) in done:
                 continue
             result, curves = (run_authors(args, dataset, hparams, seed, n_batches) if impl == "authors"
                               else run_ours(args, seed))
+            result = {k: round(v, 2 if k == "s_per_epoch" else 4) if isinstance(v, float) else v
+                      for k, v in result.items()}
             row = {"model": args.model, "dataset": args.dataset, "implementation": impl, "seed": seed,
                    "budget_epochs": args.epochs, "patience": args.patience, **result}
             print(row, flush=True)
             append(args.out, row)
             for c in curves:
                 append(curves_path, {"model": args.model, "dataset": args.dataset, "implementation": impl,
-                                     "seed": seed, **c})
+                                     "seed": seed, **c, "loss": round(c["loss"], 5)})
 
 
 def authors_hparams(model: str, ours: dict, lr: float) -> dict:

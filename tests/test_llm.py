@@ -225,6 +225,17 @@ def test_answers_that_break_the_schema_parse_to_nothing():
     assert prof.parse_profile("<answer>likes A</answer>", "json_schema") is None
 
 
+
+def test_every_field_is_bounded_alike_in_the_schema_and_the_grammar_so_an_answer_ends_within_max_tokens():
+    n = prof.MAX_FIELD_CHARS
+    at_bound = {**preference_answer("u"), "shared_attributes": "a" * n}
+    assert prof.parse_structured(json.dumps(at_bound)) is not None
+    for field in ("shared_attributes", "style_aesthetics"):
+        longer = {**at_bound, field: "a" * (n + 1) if field == "shared_attributes" else
+                  {"preference": "p", "evidence": "e" * (n + 1)}}
+        assert prof.parse_structured(json.dumps(longer)) is None
+    assert f'string ::= "\\"" char{{1,{n}}} "\\"" ws' in prof.PREFERENCE_GRAMMAR.splitlines()
+
 def test_a_server_without_the_mode_answers_400_and_the_error_names_it(tmp_path):
     with FakeLLM(lambda k, a: (200, json_body(k)), structured=("json_object",)) as server:
         client = make_client(server.base_url, structured="json_schema")

@@ -30,12 +30,16 @@ Write your reasoning inside <think>...</think>, then the final preference summar
 PREFERENCES = [("style_aesthetics", "Style & Aesthetics"), ("function_usability", "Function & Usability"),
                ("context_emotion", "Context & Emotion"), ("other", "Other")]
 
-_PREFERENCE = {"type": "object", "properties": {"preference": {"type": "string", "minLength": 1},
-                                                 "evidence": {"type": "string"}},
+# every field at most this many characters, so the longest answer (9 fields, ~1.6k characters, ~400 tokens of prose)
+# ends within llm.max_tokens: unbounded, SmolLM2-135M ran 26 of 220 answers into max_tokens=512 mid-string
+MAX_FIELD_CHARS = 160
+_TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_FIELD_CHARS}
+_PREFERENCE = {"type": "object", "properties": {"preference": _TEXT,
+                                                 "evidence": {"type": "string", "maxLength": MAX_FIELD_CHARS}},
                "required": ["preference", "evidence"], "additionalProperties": False}
 PREFERENCE_SCHEMA = {
     "type": "object",
-    "properties": {"shared_attributes": {"type": "string", "minLength": 1}, **{f: _PREFERENCE for f, _ in PREFERENCES}},
+    "properties": {"shared_attributes": _TEXT, **{f: _PREFERENCE for f, _ in PREFERENCES}},
     "required": ["shared_attributes", *(f for f, _ in PREFERENCES)],
     "additionalProperties": False,
 }
@@ -53,12 +57,15 @@ Answer with a JSON object only: {{"shared_attributes": "...", "style_aesthetics"
 
 
 def _gbnf() -> str:
-    """A llama.cpp GBNF grammar that admits exactly the JSON objects of :data:`PREFERENCE_SCHEMA` (fields in order)."""
+    """A llama.cpp GBNF grammar that admits exactly the JSON objects of :data:`PREFERENCE_SCHEMA` (fields in order;
+    a string of 1 to ``MAX_FIELD_CHARS`` characters, an escape one character, as ``maxLength`` counts; the schema's
+    empty evidence is not admitted)."""
     fields = ['"\\"shared_attributes\\":" ws string'] + [f'"\\"{f}\\":" ws preference' for f, _ in PREFERENCES]
     return "\n".join([
         'root ::= "{" ws ' + ' "," ws '.join(fields) + ' "}" ws',
         'preference ::= "{" ws "\\"preference\\":" ws string "," ws "\\"evidence\\":" ws string "}" ws',
-        'string ::= "\\"" ( [^"\\\\\\x00-\\x1f] | "\\\\" ( ["\\\\/bfnrt] | "u" [0-9a-fA-F]{4} ) )+ "\\"" ws',
+        'string ::= "\\"" char{1,' + str(MAX_FIELD_CHARS) + '} "\\"" ws',
+        'char ::= [^"\\\\\\x00-\\x1f] | "\\\\" ( ["\\\\/bfnrt] | "u" [0-9a-fA-F]{4} )',
         'ws ::= [ \\t\\n]{0,2}',
     ])
 
