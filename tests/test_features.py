@@ -158,15 +158,17 @@ def test_structured_profiles_count_schema_violations_and_fall_back_to_the_templa
     assert side["structured"] == "json_schema" and len(side["without_answer"]) == with_item0
 
 
-def test_llm_users_asks_the_first_users_only_and_the_rest_get_templates(tmp_path, small, text_encoder):
+def test_llm_users_asks_the_first_users_only_and_the_rest_get_templates(tmp_path, small, text_encoder, caplog):
     meta = metadata(small.n_items, [None] * small.n_items)
     templates = build_features(small, meta, tmp_path / "t", text_fields=["title", "genres"],
                                text_encoder=text_encoder, profile="template")
     assert templates["profiles"]["mode"] == "template"
     with FakeLLM(lambda key, attempt: (200, json_body(key, json.dumps(preference_answer("u"))))) as server:
-        client = make_client(server.base_url, "tiny-llm", structured="json_schema")
-        summary = build_features(small, meta, tmp_path / "f", text_fields=["title", "genres"],
-                                 text_encoder=text_encoder, profile="llm", llm_client=client, llm_users=5)
+        client = make_client(server.base_url, "tiny-llm", structured="json_schema", max_tokens=512)
+        with caplog.at_level("WARNING", logger="recgoat"):
+            summary = build_features(small, meta, tmp_path / "f", text_fields=["title", "genres"],
+                                     text_encoder=text_encoder, profile="llm", llm_client=client, llm_users=5)
+        assert "llm.max_tokens=512 may cut the longest structured answer (up to 1800 tokens" in caplog.text
         assert len(server.requests) == 5
         with pytest.raises(ValueError, match=rf"llm_users must be in 1..{small.n_users} .* got 0"):
             build_features(small, meta, tmp_path / "g", text_fields=["title", "genres"], text_encoder=text_encoder,
@@ -231,12 +233,12 @@ def test_template_profiles_name_items_by_the_given_text_and_a_profile_without_te
                    user_ids=np.array(["a", "b"]), item_ids=np.array(["x", "y", "z"]))
     metas = [{"name": "Kettle"}, {"name": "Pan"}, {"description": "Cast iron"}]  # an item table's columns, no title
     texts = ["Name: Kettle.", "Name: Pan.", "Description: Cast iron."]
-    _user_profiles(d, metas, texts, tmp_path, text_encoder, "template", 50, None, 1, "template", False)
+    _user_profiles(d, metas, texts, tmp_path, text_encoder, "template", 50, None, 1, "template", None, False)
     profiles = (tmp_path / "user_profiles.txt").read_text().splitlines()
     assert profiles[0].endswith("Items: Name: Kettle.; Name: Pan..") and "Description: Cast iron." in profiles[1]
     with pytest.raises(DataError, match=r"1 user profile\(s\) would have no item text \(first: user 'b'\)"):
         _user_profiles(d, metas[:2] + [None], texts[:2] + [""], tmp_path, text_encoder, "template", 50, None, 1,
-                       "template", False)
+                       "template", None, False)
 
 
 def test_an_item_table_whose_ids_match_no_interaction_item_is_an_error(tmp_path, text_encoder):

@@ -143,6 +143,10 @@ def _user_profiles(dataset, metas, texts, out, text_encoder, mode, max_history, 
         if llm_users is not None and not 0 < llm_users <= dataset.n_users:
             raise ValueError(f"llm_users must be in 1..{dataset.n_users} (the dataset's users) or null, "
                              f"got {llm_users}")
+        if client.structured != "tags" and client.max_tokens < prof.MAX_ANSWER_TOKENS:
+            log.warning("llm.max_tokens=%d may cut the longest structured answer (up to %d tokens: 9 fields of %d "
+                        "characters); a cut answer fails the schema and its user gets the template (counted)",
+                        client.max_tokens, prof.MAX_ANSWER_TOKENS, prof.MAX_FIELD_CHARS)
         asked = dataset.user_ids[: dataset.n_users if llm_users is None else llm_users]
         requests = {str(u): prof.chat_request(h, dataset.item_ids, texts, client.structured)
                     for u, h in zip(asked, histories, strict=False)}

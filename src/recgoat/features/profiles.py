@@ -33,6 +33,9 @@ PREFERENCES = [("style_aesthetics", "Style & Aesthetics"), ("function_usability"
 # every field at most this many characters, so the longest answer (9 fields, ~1.6k characters, ~400 tokens of prose)
 # ends within llm.max_tokens: unbounded, SmolLM2-135M ran 26 of 220 answers into max_tokens=512 mid-string
 MAX_FIELD_CHARS = 160
+# tokens that always hold the longest such answer: 9 fields, their names and punctuation, one token per character
+# at worst (URL- and number-like text from a small model comes near: 1.6 characters per token seen)
+MAX_ANSWER_TOKENS = 10 * MAX_FIELD_CHARS + 200
 _TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_FIELD_CHARS}
 _PREFERENCE = {"type": "object", "properties": {"preference": _TEXT,
                                                  "evidence": {"type": "string", "maxLength": MAX_FIELD_CHARS}},
