@@ -16,6 +16,8 @@ import abc
 import torch
 from torch import Tensor, nn
 
+from recgoat.nn.losses import bpr_loss
+
 
 def check_dim(dim: int) -> int:
     """``model.embedding_dim``, which must be a positive integer (0 would train a model with nothing to learn)."""
@@ -83,3 +85,43 @@ class Recommender(nn.Module, abc.ABC):
 
     def on_train_epoch_start(self, epoch: int) -> None:
         """Hook for per-epoch work such as re-sampling a graph; default: nothing."""
+
+
+class ContentSideRecommender(Recommender):
+    r"""MGCN's form, shared by MGCN and SMORE: a user-item view :math:`E^{ui}` and a side view :math:`E^{side}`,
+    scored by :math:`z = E^{ui} + E^{side}`, trained by ``BPR + reg_weight * (||z_u||^2 + ||z_pos||^2 + ||z_neg||^2)
+    / (2B) + w * ViewContrast(E^side, E^ui)`` over the batch's positive items and users.
+
+    Subclasses set ``reg_weight`` and implement :meth:`views` and :meth:`view_contrast`.
+    """
+
+    reg_weight: float
+
+    @abc.abstractmethod
+    def views(self) -> tuple[Tensor, Tensor]:
+        """``(E^ui, E^side)``, each ``[n_users + n_items, d]`` (users first)."""
+
+    @abc.abstractmethod
+    def view_contrast(self) -> nn.Module:
+        """The :class:`~recgoat.nn.ViewContrast` term (its ``weight`` is the term's multiplier)."""
+
+    def forward(self) -> tuple[Tensor, Tensor]:
+        content, side = self.views()
+        z = content + side
+        return z[: self.n_users], z[self.n_users:]
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        content, side = self.views()
+        z = content + side
+        users, pos, neg = batch["user"], batch["pos"] + self.n_users, batch["neg"] + self.n_users
+        u, p, n = z[users], z[pos], z[neg]
+        bpr = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
+        reg = 0.5 * (u.square().sum() + p.square().sum() + n.square().sum()) / len(users)
+        contrast = self.view_contrast()
+        cl = contrast(side[pos], content[pos], side[users], content[users])
+        return {"loss": bpr + self.reg_weight * reg + contrast.weight * cl, "bpr": bpr, "reg": reg, "cl": cl}
+
+    @torch.no_grad()
+    def scorer(self) -> Scorer:
+        return EmbeddingScorer(*self())
+

@@ -10,13 +10,13 @@ from recgoat.data import RecDataset
 from recgoat.graphs import normalized_bipartite_adjacency
 from recgoat.graphs.csr import DeviceCSR
 from recgoat.graphs.knn import KNNGraphs, KNNSearch
-from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
+from recgoat.models.base import ContentSideRecommender, id_embedding
 from recgoat.models.inputs import item_modalities
-from recgoat.nn import FeatureGates, SideView, ViewContrast, bpr_loss
+from recgoat.nn import FeatureGates, SideView, ViewContrast
 from recgoat.nn.backends import lightgcn_propagation
 
 
-class MGCN(Recommender):
+class MGCN(ContentSideRecommender):
     r"""MGCN on the narrow model API.
 
     .. math::
@@ -71,22 +71,5 @@ class MGCN(Recommender):
         content = self.propagate(torch.cat([self.user_emb, self.item_emb]), self.adj.matrix(device))
         return content, self.side_view(self.item_emb, content)
 
-    def forward(self) -> tuple[Tensor, Tensor]:
-        content, side = self.views()
-        z = content + side
-        return z[: self.n_users], z[self.n_users:]
-
-    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        content, side = self.views()
-        z = content + side
-        users, pos, neg = batch["user"], batch["pos"] + self.n_users, batch["neg"] + self.n_users
-        u, p, n = z[users], z[pos], z[neg]
-        bpr = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
-        reg = 0.5 * (u.square().sum() + p.square().sum() + n.square().sum()) / len(users)
-        cl = self.side_view.contrast(side[pos], content[pos], side[users], content[users])
-        return {"loss": bpr + self.reg_weight * reg + self.side_view.contrast.weight * cl, "bpr": bpr, "reg": reg,
-                "cl": cl}
-
-    @torch.no_grad()
-    def scorer(self) -> Scorer:
-        return EmbeddingScorer(*self())
+    def view_contrast(self) -> ViewContrast:
+        return self.side_view.contrast

@@ -11,9 +11,9 @@ from recgoat.data import RecDataset
 from recgoat.graphs import normalized_bipartite_adjacency
 from recgoat.graphs.csr import DeviceCSR
 from recgoat.graphs.knn import KNNGraphs, KNNSearch
-from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
+from recgoat.models.base import ContentSideRecommender, id_embedding
 from recgoat.models.inputs import item_modalities
-from recgoat.nn import SparseOperator, ViewContrast, bpr_loss, feature_tables
+from recgoat.nn import SparseOperator, ViewContrast, feature_tables
 from recgoat.nn.backends import lightgcn_propagation
 
 
@@ -66,7 +66,7 @@ def elementwise_max(graphs: list[sp.spmatrix]) -> sp.csr_matrix:
     return out
 
 
-class SMORE(Recommender):
+class SMORE(ContentSideRecommender):
     r"""SMORE on the narrow model API.
 
     .. math::
@@ -153,21 +153,5 @@ class SMORE(Recommender):
         parts.append(self.dropout(self.preferences["fusion"](content)) * side["fusion"])
         return content, torch.stack(parts).mean(0)
 
-    def forward(self) -> tuple[Tensor, Tensor]:
-        content, side = self.views()
-        z = content + side
-        return z[: self.n_users], z[self.n_users:]
-
-    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        content, side = self.views()
-        z = content + side
-        users, pos, neg = batch["user"], batch["pos"] + self.n_users, batch["neg"] + self.n_users
-        u, p, n = z[users], z[pos], z[neg]
-        bpr = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
-        reg = 0.5 * (u.square().sum() + p.square().sum() + n.square().sum()) / len(users)
-        cl = self.contrast(side[pos], content[pos], side[users], content[users])
-        return {"loss": bpr + self.reg_weight * reg + self.contrast.weight * cl, "bpr": bpr, "reg": reg, "cl": cl}
-
-    @torch.no_grad()
-    def scorer(self) -> Scorer:
-        return EmbeddingScorer(*self())
+    def view_contrast(self) -> ViewContrast:
+        return self.contrast
