@@ -132,7 +132,6 @@ quick_start(model="{cls}", dataset="{dataset}", config_dict={config}, save_model
 """
 
 EPOCH = re.compile(r"epoch (\d+) training \[time: ([\d.]+)s, train loss: ([\d.naninf-]+)\]")
-EVAL = re.compile(r"epoch (\d+) evaluating \[time: [\d.]+s, valid_score: ([\d.]+)\]")
 BEST = re.compile(r"best valid: (.*?),\s*best test: (.*?)$", re.DOTALL)
 
 
@@ -140,7 +139,8 @@ def metric(text: str, name: str) -> float:
     return float(re.search(rf"{re.escape(name)}: ([\d.]+)", text).group(1))
 
 
-def run_authors(args, dataset, hparams: dict, seed: int, n_batches: int) -> tuple[dict, list[dict]]:
+def prepare_authors(args, dataset) -> Path:
+    """The patched code and the data folder, once for all seeds; returns the code's ``src`` folder."""
     src = args.work / "src"
     extract(args.authors, src)
     applied = patch(args.model, src)
@@ -150,6 +150,10 @@ def run_authors(args, dataset, hparams: dict, seed: int, n_batches: int) -> tupl
         "USER_ID_FIELD: userID\nITEM_ID_FIELD: itemID\nfilter_out_cod_start_users: True\n"
         f"inter_file_name: '{dataset.name}.inter'\nvision_feature_file: 'image_feat.npy'\n"
         "text_feature_file: 'text_feat.npy'\nuser_graph_dict_file: 'user_graph_dict.npy'\nfield_separator: \"\\t\"\n")
+    return src
+
+
+def run_authors(args, src: Path, dataset, hparams: dict, seed: int, n_batches: int) -> tuple[dict, list[dict]]:
     config = {"use_gpu": False, "gpu_id": 0, "seed": [seed], "hyper_parameters": ["seed"], "epochs": args.epochs,
               "stopping_step": args.patience, "save_recommended_topk": False, "data_path": "../data/",
               "topk": [10, 20], **hparams}
@@ -217,13 +221,16 @@ def main() -> None:
     if args.out.exists():
         done = {(r["model"], r["dataset"], r["implementation"], int(r["seed"]), int(r["budget_epochs"]))
                 for r in csv.DictReader(open(args.out))}
+    src = None
     curves_path = args.out.parent / "curves" / f"{args.out.stem}_curves.csv"
     curves_path.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for impl in ("authors", "ours"):
             if args.only not in (None, impl) or (args.model, args.dataset, impl, seed, args.epochs) in done:
                 continue
-            result, curves = (run_authors(args, dataset, hparams, seed, n_batches) if impl == "authors"
+            if impl == "authors" and src is None:
+                src = prepare_authors(args, dataset)
+            result, curves = (run_authors(args, src, dataset, hparams, seed, n_batches) if impl == "authors"
                               else run_ours(args, seed))
             result = {k: round(v, 2 if k == "s_per_epoch" else 4) if isinstance(v, float) else v
                       for k, v in result.items()}
