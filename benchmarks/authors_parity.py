@@ -1,13 +1,15 @@
 """Our SMORE / MENTOR against their authors' code: same data, split, seeds and budget; curves and test R@20.
 
     python benchmarks/authors_parity.py --model smore --authors <SMORE checkout or git dir> \\
-        --python <a Python with pandas> [--dataset ml100k_mm --seeds 1 2 3 --epochs 40 --patience 10]
+        --python <a Python with pandas> [--dataset ml100k_mm --seeds 1 2 3 --epochs 40 --patience 10] \\
+        [--set model.cl_weight=0.001 ...]
 
 The authors' code (kennethorq/SMORE at 0148d92, Jinfeng-Xu/MENTOR at 1581d27, both built on MMRec) runs on the CPU
 in a scratch folder (``--work``), on our split of the dataset written as an MMRec folder (``<name>.inter`` with our
 user and item indices, ``x_label`` 0/1/2, the feature matrices as ``image_feat.npy`` / ``text_feat.npy``), patched
 only where today's libraries or a CPU need it (:data:`PATCHES`, each with its reason). It is given our yaml's
-hyper-parameters as one-value grids, the seed, the epoch budget and the patience. ``--python`` is an interpreter that
+hyper-parameters as one-value grids (``--set``: overrides of our yaml, given to both codes), the seed, the epoch
+budget and the patience. ``--python`` is an interpreter that
 has torch, torch_geometric, scipy, pyyaml and pandas (MMRec reads the ``.inter`` file with pandas, which recgoat does
 not need); e.g. ours with ``PYTHONPATH`` adding a folder where ``pip install --target <dir> --no-deps pandas
 python-dateutil six pytz tzdata lmdb`` put them.
@@ -177,8 +179,8 @@ def run_authors(args, src: Path, dataset, hparams: dict, seed: int, n_batches: i
 def run_ours(args, seed: int) -> tuple[dict, list[dict]]:
     out = args.work / f"ours_seed{seed}"
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "recgoat.run", f"model={args.model}", f"dataset={args.dataset}", f"seed={seed}",
-           f"trainer.max_epochs={args.epochs}", f"callbacks.early_stopping.patience={args.patience}",
+    cmd = [sys.executable, "-m", "recgoat.run", f"model={args.model}", f"dataset={args.dataset}", *args.set,
+           f"seed={seed}", f"trainer.max_epochs={args.epochs}", f"callbacks.early_stopping.patience={args.patience}",
            "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if proc.returncode != 0:
@@ -205,13 +207,18 @@ def main() -> None:
     parser.add_argument("--only", choices=["authors", "ours"], default=None)
     parser.add_argument("--work", type=Path, default=Path("/tmp/recgoat-parity"))
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "authors_parity.csv")
+    parser.add_argument("--set", nargs="+", default=[], metavar="model.KEY=VALUE",
+                        help="overrides of our yaml's hyper-parameters, given to both codes (the row's setting)")
     args = parser.parse_args()
+    if bad := [o for o in args.set if not o.startswith("model.") or "=" not in o]:
+        parser.error(f"--set takes model.KEY=VALUE overrides, got {bad}")
+    setting = " ".join(args.set) or "yaml"
     args.work = args.work / args.model
 
     from omegaconf import OmegaConf
 
     from recgoat.utils.config import compose
-    cfg = compose([f"model={args.model}", f"dataset={args.dataset}"])
+    cfg = compose([f"model={args.model}", f"dataset={args.dataset}", *args.set])
     from hydra.utils import instantiate
     dataset = instantiate(cfg.dataset)
     hparams = authors_hparams(args.model, OmegaConf.to_container(cfg.model, resolve=True), cfg.optimizer.lr)
@@ -219,14 +226,14 @@ def main() -> None:
 
     done = set()
     if args.out.exists():
-        done = {(r["model"], r["dataset"], r["implementation"], int(r["seed"]), int(r["budget_epochs"]))
-                for r in csv.DictReader(open(args.out))}
+        done = {(r["model"], r["dataset"], r.get("setting") or "yaml", r["implementation"], int(r["seed"]),
+                 int(r["budget_epochs"])) for r in csv.DictReader(open(args.out))}
     src = None
     curves_path = args.out.parent / "curves" / f"{args.out.stem}_curves.csv"
     curves_path.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for impl in ("authors", "ours"):
-            if args.only not in (None, impl) or (args.model, args.dataset, impl, seed, args.epochs) in done:
+            if args.only not in (None, impl) or (args.model, args.dataset, setting, impl, seed, args.epochs) in done:
                 continue
             if impl == "authors" and src is None:
                 src = prepare_authors(args, dataset)
@@ -234,13 +241,13 @@ def main() -> None:
                               else run_ours(args, seed))
             result = {k: round(v, 2 if k == "s_per_epoch" else 4) if isinstance(v, float) else v
                       for k, v in result.items()}
-            row = {"model": args.model, "dataset": args.dataset, "implementation": impl, "seed": seed,
-                   "budget_epochs": args.epochs, "patience": args.patience, **result}
+            row = {"model": args.model, "dataset": args.dataset, "setting": setting, "implementation": impl,
+                   "seed": seed, "budget_epochs": args.epochs, "patience": args.patience, **result}
             print(row, flush=True)
             append(args.out, row)
             for c in curves:
-                append(curves_path, {"model": args.model, "dataset": args.dataset, "implementation": impl,
-                                     "seed": seed, **c, "loss": round(c["loss"], 5)})
+                append(curves_path, {"model": args.model, "dataset": args.dataset, "setting": setting,
+                                     "implementation": impl, "seed": seed, **c, "loss": round(c["loss"], 5)})
 
 
 def authors_hparams(model: str, ours: dict, lr: float) -> dict:
@@ -258,12 +265,20 @@ def authors_hparams(model: str, ours: dict, lr: float) -> dict:
 
 
 def append(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    """One row more; a file whose header lacks one of the row's columns is rewritten first with it (empty in the
+    rows before: the same file, never a second header)."""
+    rows = list(csv.DictReader(open(path))) if path.exists() else []
+    if rows and set(row) <= set(rows[0]):
+        with open(path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=list(rows[0])).writerow(row)
+        return
+    fields = list(row) + [k for k in (rows[0] if rows else {}) if k not in row]
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows([*rows, row])
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -138,6 +138,23 @@ def test_w1_is_geomloss_sinkhorn_divergence_to_the_bit_without_host_reads():
         assert torch.equal(ours_grad, ref_grad)
 
 
+def test_a_batch_of_problems_gives_each_problems_own_plan_cold_and_warm():
+    g = torch.Generator().manual_seed(11)
+    zid = torch.randn(150, 8, generator=g)
+    zms = [torch.randn(150, 8, generator=g), 3.0 * torch.randn(150, 8, generator=g) + zid]  # scales differ
+    batched = DimensionTransport(eps=0.01, warm_iters=10)
+    alone = [DimensionTransport(eps=0.01, warm_iters=10) for _ in zms]
+    for step in range(3):                                   # a cold start, then two warm steps
+        zms = [z + 0.01 * step for z in zms]
+        plans = batched.plan(torch.stack(zms), zid, key=("a", "b"))
+        assert plans.shape == (2, 8, 8)
+        for plan, solver, z in zip(plans, alone, zms, strict=True):
+            # the cold start's test covers the worst problem of the batch: each is at least as converged
+            torch.testing.assert_close(plan, solver.plan(z, zid, key="m"), atol=1e-4, rtol=0)
+            if step == 0:                                   # converged to tol (warm steps track, not converge)
+                torch.testing.assert_close(plan.sum(0), torch.ones(8), atol=1e-3, rtol=0)
+
+
 def test_warm_plans_read_nothing_on_the_host():
     g = torch.Generator().manual_seed(5)
     zm, zid = torch.randn(200, 8, generator=g), torch.randn(200, 8, generator=g)

@@ -138,10 +138,10 @@ def test_the_oat_map_maps_each_modality_towards_the_user_item_views_items(tiny_s
     with torch.no_grad():
         reps, modal = model.representations(), model.modality_branches()
         items = reps["views"]["ui"][1]                     # the user-item view's items
-        for m, z in modal.items():
-            oat = model.alignment.oat_map[m]
-            plan = oat.transport.plan(z, items, key=m)
-            torch.testing.assert_close(reps["aligned"][m], z @ (plan + oat.delta), atol=1e-5, rtol=1e-5)
+        for m, z in modal.items():                          # each modality solved alone: the batched solve's plan
+            plan = model.alignment.transport.plan(z, items, key=m)
+            torch.testing.assert_close(reps["aligned"][m], z @ (plan + model.alignment.oat_map[m].delta),
+                                       atol=1e-5, rtol=1e-5)
 
 
 def test_the_specs_fusion_is_the_methods_and_its_weights_are_learned(tiny_synthetic, tmp_path):

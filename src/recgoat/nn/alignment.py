@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
@@ -40,15 +41,17 @@ class Alignment(nn.Module):
                  oat_w1: SinkhornW1 | None, detach_targets: bool):
         super().__init__()
         self.cmcl, self.oat_w1, self.detach_targets = cmcl, oat_w1, detach_targets
-        self.oat_map = None
+        self.transport, self.oat_map = oat_map, None
         if oat_map is not None:
-            self.oat_map = nn.ModuleDict({m: AdaptiveTransportMap(dim, oat_map, key=m) for m in modalities})
+            self.oat_map = nn.ModuleDict({m: AdaptiveTransportMap(dim) for m in modalities})
 
     def forward(self, modal: dict[str, Tensor], item_id: Tensor) -> dict[str, Tensor]:
         if self.oat_map is None:
             return modal
-        with record_function("recgoat.oat_map"):
-            return {m: self.oat_map[m](z, item_id) for m, z in modal.items()}
+        with record_function("recgoat.oat_map"):  # every modality's plan in one batched solve
+            names = tuple(modal)
+            plans = self.transport.plan(torch.stack([modal[m] for m in names]), item_id, key=names)
+            return {m: self.oat_map[m](modal[m], plan) for m, plan in zip(names, plans, strict=True)}
 
     def loss_terms(self, aligned: dict[str, Tensor], fused: Tensor,
                    item_id: Tensor) -> Iterator[tuple[str, float, Tensor]]:

@@ -13,12 +13,16 @@ def info_nce(anchor: Tensor, positive: Tensor, tau: float) -> Tensor:
         \mathcal{L} = -\frac{1}{B}\sum_i \log
             \frac{\exp(\langle \hat a_i, \hat p_i\rangle / \tau)}{\sum_j \exp(\langle \hat a_i, \hat p_j\rangle/\tau)}
 
-    with L2-normalised vectors. Shapes: ``anchor``, ``positive`` ``[B, d]`` -> scalar.
+    with L2-normalised vectors. Several anchor sets against the same positives (``[M, B, d]``) give the mean of
+    their M losses, from one product.
+
+    Shapes: ``anchor`` ``[B, d]`` or ``[M, B, d]``, ``positive`` ``[B, d]`` -> scalar.
     """
-    a = F.normalize(anchor, dim=-1)
+    a = F.normalize(anchor, dim=-1) / tau                    # 1/tau on [B, d], not on the [B, B] logits
     p = F.normalize(positive, dim=-1)
-    logits = a @ p.T / tau                                   # [B, B]
-    return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
+    logits = a @ p.T                                         # [(M,) B, B]
+    target = torch.arange(len(p), device=p.device).expand(logits.shape[:-1])
+    return F.cross_entropy(logits.reshape(-1, len(p)), target.reshape(-1))
 
 
 def cmcl_loss(modalities: dict[str, Tensor], fused: Tensor, tau: float) -> Tensor:
@@ -26,7 +30,7 @@ def cmcl_loss(modalities: dict[str, Tensor], fused: Tensor, tau: float) -> Tenso
     item representation ``z_i`` of the same item (``[B, d]`` each). Modalities are pulled
     *towards* the fused space; unlike the authors' released code there is no ``1 - InfoNCE`` term.
     """
-    return torch.stack([info_nce(z_m, fused, tau) for z_m in modalities.values()]).mean()
+    return info_nce(torch.stack(list(modalities.values())), fused, tau)
 
 
 class CMCL(nn.Module):

@@ -65,7 +65,7 @@ class _EdgeSoftmax(torch.autograd.Function):
         y_max = torch.segment_reduce(y, "max", offsets=graph.rowptr, axis=0)             # [N, H]
         e = torch.sub(y, y_max.index_select(0, graph.row), out=s).exp_()
         total = _sum_per_node(graph.rowptr, graph.edge_ids, e)                           # [N, H]
-        alpha = e.div_(total.index_select(0, graph.row))
+        alpha = e.mul_(total.reciprocal_().index_select(0, graph.row))                  # N divisions, not E
         ctx.save_for_backward(alpha, y)
         ctx.graph, ctx.negative_slope = graph, negative_slope
         return alpha.T.contiguous()
@@ -76,7 +76,7 @@ class _EdgeSoftmax(torch.autograd.Function):
         g = ctx.graph
         t = alpha * grad.T                                                               # [E, H]
         per_target = _sum_per_node(g.rowptr, g.edge_ids, t)
-        grad_s = t.sub_(alpha * per_target.index_select(0, g.row))
+        grad_s = t.addcmul_(alpha, per_target.index_select(0, g.row), value=-1.0)
         grad_s = torch.ops.aten.leaky_relu_backward(grad_s, y, ctx.negative_slope, True)
         grad_dst = _sum_per_node(g.rowptr, g.edge_ids, grad_s)                          # by target
         grad_src = _sum_per_node(g.rowptr_t, g.perm_t, grad_s)                          # by source

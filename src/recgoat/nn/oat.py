@@ -26,12 +26,13 @@ from torch import Tensor, nn
 
 
 def dimension_cost(zm: Tensor, zid: Tensor, scale: float = 1.0) -> Tensor:
-    """``C[p, q] = scale * mean_i (zm[i, p] - zid[i, q])^2``, ``[d_m, d_id]``.
+    """``C[p, q] = scale * mean_i (zm[i, p] - zid[i, q])^2``, ``[d_m, d_id]`` (``zm`` may carry a leading batch of
+    ``M`` problems against the one ``zid``: ``[M, d_m, d_id]``).
 
     Uses ``mean(zm^2)_p + mean(zid^2)_q - 2/n (zm^T zid)_pq``: never the ``n x d x d`` tensor.
     """
-    n = zm.shape[0]
-    c = (zm.pow(2).mean(0)[:, None] + zid.pow(2).mean(0)[None, :] - 2.0 / n * (zm.T @ zid))
+    n = zm.shape[-2]
+    c = (zm.pow(2).mean(-2).unsqueeze(-1) + zid.pow(2).mean(0) - 2.0 / n * (zm.transpose(-1, -2) @ zid))
     return scale * c.clamp_min(0)
 
 
@@ -51,7 +52,8 @@ class DimensionTransport(nn.Module):
     little between steps, so with ``warm_iters`` the previous call's potentials start exactly
     ``warm_iters`` updates instead, with no convergence test (no host synchronisation, a fixed cost per
     step): the potentials track the moving fixed point across steps. The result is returned as
-    ``d T^*`` (rows and columns sum to 1 once converged) and carries no gradient.
+    ``d T^*`` (rows and columns sum to 1 once converged) and carries no gradient. Several problems against
+    one target (one per modality) are solved as one batch: the same updates, one kernel each for all.
 
     Args:
         eps: entropic regularisation :math:`\varepsilon` (authors: 0.01).
@@ -66,6 +68,10 @@ class DimensionTransport(nn.Module):
         check_every: updates between two tests of the marginals (each test a host synchronisation).
         warm_iters: Sinkhorn updates of a call that starts from the previous call's potentials for the same ``key``;
             ``None``: no warm start, every call iterates from geomloss's solution to ``tol``.
+        compile: ``torch.compile`` the warm plan (cost and updates).
+
+    Shapes: :meth:`plan` ``zm`` ``[n, d_m]`` or ``[M, n, d_m]``, ``zid`` ``[n, d_id]`` -> ``[d_m, d_id]`` or
+    ``[M, d_m, d_id]``.
     """
 
     def __init__(self, eps: float = 0.01, cost_scale: float = 1.0, normalize_cost: bool = True, scaling: float = 0.5,
@@ -76,11 +82,11 @@ class DimensionTransport(nn.Module):
             raise ValueError(f"oat_map.warm_iters must be >= 1 or null, got {warm_iters}")
         self.warm_iters = warm_iters
         self.check_every = check_every
-        self._potentials: dict[str, tuple[Tensor, Tensor]] = {}
+        self._potentials: dict[object, tuple[Tensor, Tensor]] = {}
         self.eps = eps
         self.cost_scale = cost_scale
         self.normalize_cost = normalize_cost
-        self._norm = 1.0
+        self._norm: Tensor | float = 1.0
         self.tol = tol
         self.max_refine_iters = max_refine_iters
         self.last_iters = 0
@@ -91,78 +97,92 @@ class DimensionTransport(nn.Module):
         self.warm_plan = _Compiled(self._warm_plan) if compile else self._warm_plan
 
     def _cost(self, x: Tensor, y: Tensor) -> Tensor:
-        # x: [B, d, n], y: [B, d, n] -> [B, d, d]; dimensions are the points, items the coordinates
+        # x: [M, d, n], y: [M, d, n] -> [M, d, d]; dimensions are the points, items the coordinates
         xx = x.pow(2).sum(-1)[:, :, None]
         yy = y.pow(2).sum(-1)[:, None, :]
         return self.cost_scale / (self._n * self._norm) * (xx + yy - 2 * x @ y.transpose(1, 2)).clamp_min(0)
 
     def _scaled_cost(self, zm: Tensor, zid: Tensor) -> tuple[Tensor, Tensor | float]:
-        """The cost ``[d_m, d_id]`` as the solver takes it, and the normalisation it was divided by."""
+        """The cost ``[M, d_m, d_id]`` as the solver takes it, and the normalisation ``[M, 1, 1]`` it was divided
+        by (each problem's own)."""
         cost = dimension_cost(zm, zid)
-        norm = (cost.max() - cost.min()).clamp_min(1e-12) if self.normalize_cost else 1.0  # no .item(): no sync
+        if not self.normalize_cost:
+            return cost * self.cost_scale, 1.0
+        flat = cost.flatten(1)
+        norm = (flat.amax(1) - flat.amin(1)).clamp_min(1e-12)[:, None, None]  # no .item(): no sync
         return cost * (self.cost_scale / norm), norm
 
-    def _updates(self, neg_k: Tensor, big_f: Tensor, big_g_next: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
-        """``n`` log-domain Sinkhorn updates in units of eps (``F = f/eps``, ``G = g/eps``, ``K = -C/eps``), from
-        ``F`` and the ``G`` it gives; returns ``(F, G, G')``, ``G'`` the next g-update (for the marginal test)."""
-        log_b = -math.log(neg_k.shape[1])
-        big_g = big_g_next
-        for _ in range(n):
-            big_g = big_g_next
-            big_f = -torch.logsumexp(log_b + big_g[None, :] + neg_k, dim=1)
-            big_g_next = self._g_update(neg_k, big_f)
-        return big_f, big_g, big_g_next
-
-    def _to_plan(self, neg_k: Tensor, big_f: Tensor, big_g: Tensor) -> Tensor:
-        d_m, d_id = neg_k.shape
-        log_plan = -math.log(d_m) - math.log(d_id) + big_f[:, None] + big_g[None, :] + neg_k
-        return (log_plan.exp() * d_m).float()
-
-    def _warm_plan(self, zm: Tensor, zid: Tensor, f: Tensor, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """A step's plan from the last step's potentials: exactly ``warm_iters`` updates, no test (no host
-        synchronisation); returns (plan, f, g)."""
-        neg_k = -self._scaled_cost(zm, zid)[0] / self.eps
-        big_f = f / self.eps
-        big_f, big_g, _ = self._updates(neg_k, big_f, self._g_update(neg_k, big_f), self.warm_iters)
-        return self._to_plan(neg_k, big_f, big_g), big_f * self.eps, big_g * self.eps
+    # The updates keep the negated potentials in units of eps, P = -f/eps and Q = -g/eps, with the kernel's log
+    # plus the log-marginal folded in once, Ka = log a - C/eps and Kb = log b - C/eps (three ops an update):
+    #   P = logsumexp_q(Kb - Q_q),  Q = logsumexp_p(Ka - P_p)
+    @staticmethod
+    def _p_update(kb: Tensor, q: Tensor) -> Tensor:
+        return torch.logsumexp(kb - q.unsqueeze(-2), dim=-1)
 
     @staticmethod
-    def _g_update(neg_k: Tensor, big_f: Tensor) -> Tensor:
-        return -torch.logsumexp(-math.log(neg_k.shape[0]) + big_f[:, None] + neg_k, dim=0)
+    def _q_update(ka: Tensor, p: Tensor) -> Tensor:
+        return torch.logsumexp(ka - p.unsqueeze(-1), dim=-2)
+
+    def _updates(self, ka: Tensor, kb: Tensor, p: Tensor, q_next: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``n`` Sinkhorn updates from ``P`` and the ``Q`` it gives; returns ``(P, Q, Q')``: the last P-update, the
+        ``Q`` it read, and the next Q-update (for the marginal test)."""
+        q = q_next
+        for _ in range(n):
+            q = q_next
+            p = self._p_update(kb, q)
+            q_next = self._q_update(ka, p)
+        return p, q, q_next
+
+    @staticmethod
+    def _to_plan(kb: Tensor, p: Tensor, q: Tensor) -> Tensor:
+        # d_m * exp(log a + log b - C/eps + f/eps + g/eps), with log a = -log d_m: rows exact after a P-update
+        return (kb - p.unsqueeze(-1) - q.unsqueeze(-2)).exp().float()
+
+    def _kernels(self, cost: Tensor) -> tuple[Tensor, Tensor]:
+        neg_k = cost / -self.eps
+        return neg_k - math.log(cost.shape[-2]), neg_k - math.log(cost.shape[-1])
+
+    def _warm_plan(self, zm: Tensor, zid: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """A step's plan from the last step's potentials: exactly ``warm_iters`` updates, no test (no host
+        synchronisation); returns (plan, P, Q)."""
+        ka, kb = self._kernels(self._scaled_cost(zm, zid)[0])
+        p, q, _ = self._updates(ka, kb, p, self._q_update(ka, p), self.warm_iters)
+        return self._to_plan(kb, p, q), p, q
 
     @torch.no_grad()
-    def plan(self, zm: Tensor, zid: Tensor, key: str | None = None) -> Tensor:
-        """The doubly-stochastic map ``d T*`` ``[d_m, d_id]`` for ``zm`` ``[n, d_m]``, ``zid`` ``[n, d_id]``.
-
-        ``key`` names the problem (e.g. the modality) whose potentials warm-start the next call.
-        """
-        zm, zid = zm.detach().double(), zid.detach().double()
-        d_m = zm.shape[1]
+    def plan(self, zm: Tensor, zid: Tensor, key: object = None) -> Tensor:
+        """The doubly-stochastic map ``d T*`` of ``zm`` ``[n, d_m]`` (or of each of ``[M, n, d_m]``) to ``zid``
+        ``[n, d_id]``. ``key`` names the problem (e.g. the modality, or the tuple of a batch's modalities) whose
+        potentials warm-start the next call."""
+        single = zm.dim() == 2
+        zm, zid = (zm[None] if single else zm).detach().double(), zid.detach().double()
+        batch_shape = zm.shape[:1] + zm.shape[2:]                                  # [M, d_m]
         cached = self._potentials.get(key) if self.warm_iters is not None and key is not None else None
-        if cached is not None and cached[0].shape == (d_m,) and cached[0].device == zm.device:
-            plan, f, g = self.warm_plan(zm, zid, *cached)
+        if cached is not None and cached[0].shape == batch_shape and cached[0].device == zm.device:
+            plan, p, q = self.warm_plan(zm, zid, *cached)
             self.last_iters = self.warm_iters
-            self._potentials[key] = (f, g)
-            return plan
+            self._potentials[key] = (p, q)
+            return plan[0] if single else plan
         cost, self._norm = self._scaled_cost(zm, zid)
-        self._n = zm.shape[0]                                              # self._cost reads _n and _norm
-        neg_k = -cost / self.eps
-        f, _ = self.solver(zm.T.contiguous(), zid.T.contiguous())         # same cost, via self._cost
-        big_f = f.reshape(d_m) / self.eps
-        # After an f-update the rows are exact; the columns then sum to b * exp(G - G'), where G' is the
-        # next g-update, so the marginal check costs nothing extra: stop when |exp(G - G') - 1| < tol
+        self._n = zm.shape[1]                                              # self._cost reads _n and _norm
+        ka, kb = self._kernels(cost)
+        f, _ = self.solver(zm.transpose(1, 2).contiguous(), zid.T.expand(len(zm), -1, -1).contiguous())
+        p = f.reshape(batch_shape) / -self.eps
+        # After a P-update the rows are exact; the columns then sum to b * exp(Q' - Q), where Q' is the
+        # next Q-update, so the marginal check costs nothing extra: stop when |exp(Q' - Q) - 1| < tol
         # (the plan's columns are d_id * b = 1 in the returned scale); a test every check_every updates.
-        big_g_next = self._g_update(neg_k, big_f)
+        q_next = self._q_update(ka, p)
         self.last_iters = 0
         while self.last_iters < self.max_refine_iters:
             n = min(self.check_every, self.max_refine_iters - self.last_iters)
-            big_f, big_g, big_g_next = self._updates(neg_k, big_f, big_g_next, n)
+            p, q, q_next = self._updates(ka, kb, p, q_next, n)
             self.last_iters += n
-            if (big_g - big_g_next).exp().sub(1).abs().max() < self.tol:
+            if (q_next - q).exp().sub(1).abs().max() < self.tol:
                 break
         if key is not None:
-            self._potentials[key] = (big_f * self.eps, big_g * self.eps)
-        return self._to_plan(neg_k, big_f, big_g)
+            self._potentials[key] = (p, q)
+        plan = self._to_plan(kb, p, q)
+        return plan[0] if single else plan
 
 
 class AdaptiveTransportMap(nn.Module):
@@ -170,18 +190,16 @@ class AdaptiveTransportMap(nn.Module):
 
     Args:
         dim: d.
-        transport: the :class:`DimensionTransport` solver.
+
+    Shapes: ``zm`` ``[n, d]``, ``plan`` ``[d, d]`` (:meth:`DimensionTransport.plan`) -> ``[n, d]``.
     """
 
-    def __init__(self, dim: int, transport: DimensionTransport, key: str | None = None):
+    def __init__(self, dim: int):
         super().__init__()
-        self.transport = transport
-        self.key = key
         self.delta = nn.Parameter(torch.zeros(dim, dim))
 
-    def forward(self, zm: Tensor, zid: Tensor) -> Tensor:
-        # zm, zid: [n, d] -> [n, d]
-        return zm @ (self.transport.plan(zm, zid, key=self.key) + self.delta)
+    def forward(self, zm: Tensor, plan: Tensor) -> Tensor:
+        return zm @ (plan + self.delta)
 
 
 class _Compiled:
