@@ -27,3 +27,22 @@ def test_cmcl_is_the_mean_over_modalities_and_minimal_when_aligned():
     assert cmcl_loss({"a": a, "b": b}, z, 0.2).item() == pytest.approx(
         (info_nce(a, z, 0.2).item() + info_nce(b, z, 0.2).item()) / 2)
     assert info_nce(z, z, 0.2) < info_nce(a, z, 0.2)
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (3, 7, 5)])
+@pytest.mark.parametrize("tau", [0.2, 0.002])  # 0.002: logits up to 500, far beyond exp's float32 range
+def test_info_nce_equals_cross_entropy_with_the_diagonal_as_targets_value_and_gradient(shape, tau):
+    g = torch.Generator().manual_seed(len(shape))
+    anchor = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+    positive = torch.randn(*shape[-2:], generator=g, dtype=torch.float64, requires_grad=True)
+    loss = info_nce(anchor, positive, tau)
+    grads = torch.autograd.grad(loss, (anchor, positive))
+
+    logits = F.normalize(anchor, dim=-1) @ F.normalize(positive, dim=-1).T / tau
+    rows = logits.reshape(-1, shape[-2])
+    reference = -torch.stack([rows[r].log_softmax(0)[r % shape[-2]] for r in range(len(rows))]).mean()
+    expected = torch.autograd.grad(reference, (anchor, positive))
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(reference.item(), rel=1e-12)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda a, p: info_nce(a, p, tau), (anchor, positive))
