@@ -46,3 +46,22 @@ def test_info_nce_equals_cross_entropy_with_the_diagonal_as_targets_value_and_gr
     for got, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     assert torch.autograd.gradcheck(lambda a, p: info_nce(a, p, tau), (anchor, positive))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_info_nce_of_half_inputs_computes_in_float32_and_returns_gradients_in_the_input_dtype(dtype):
+    g = torch.Generator().manual_seed(3)
+    anchor64, positive64 = torch.randn(2, 16, 8, generator=g, dtype=torch.float64), torch.randn(16, 8, generator=g,
+                                                                                               dtype=torch.float64)
+    anchor = anchor64.to(dtype).requires_grad_()
+    positive = positive64.to(dtype).requires_grad_()
+    loss = info_nce(anchor, positive, 0.1)
+    grads = torch.autograd.grad(loss, (anchor, positive))
+
+    ref_inputs = (anchor.detach().double().requires_grad_(), positive.detach().double().requires_grad_())
+    reference = info_nce(*ref_inputs, 0.1)
+    expected = torch.autograd.grad(reference, ref_inputs)
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(reference.item(), rel=2e-2)
+    for got, want, like in zip(grads, expected, (anchor, positive), strict=True):
+        assert got.dtype == dtype and got.shape == like.shape
+        torch.testing.assert_close(got.double(), want, rtol=5e-2, atol=5e-3)
