@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recgoat.nn import cmcl_loss, info_nce
+from recgoat.nn import CMCL, cmcl_loss, info_nce
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -65,3 +65,23 @@ def test_info_nce_of_half_inputs_computes_in_float32_and_returns_gradients_in_th
     for got, want, like in zip(grads, expected, (anchor, positive), strict=True):
         assert got.dtype == dtype and got.shape == like.shape
         torch.testing.assert_close(got.double(), want, rtol=5e-2, atol=5e-3)
+
+
+def test_cmcl_max_items_takes_the_same_random_rows_of_every_modality_and_of_the_fused_items():
+    g = torch.Generator().manual_seed(0)
+    z, a, b = (torch.randn(40, 8, generator=g) for _ in range(3))
+    torch.manual_seed(7)
+    got = CMCL(weight=1.0, tau=0.2, max_items=16)({"a": a, "b": b}, z)
+    torch.manual_seed(7)
+    rows = torch.randperm(40)[:16]
+    assert got.item() == pytest.approx(cmcl_loss({"a": a[rows], "b": b[rows]}, z[rows], 0.2).item(), rel=1e-6)
+    # a batch of at most max_items items is taken whole, and draws nothing from the random stream
+    torch.manual_seed(7)
+    whole = CMCL(weight=1.0, tau=0.2, max_items=40)({"a": a, "b": b}, z)
+    assert whole.item() == pytest.approx(cmcl_loss({"a": a, "b": b}, z, 0.2).item(), rel=1e-6)
+    assert torch.equal(torch.randperm(40)[:16], rows)
+
+
+def test_cmcl_rejects_a_subset_without_negatives():
+    with pytest.raises(ValueError, match="cmcl.max_items must be >= 2"):
+        CMCL(weight=1.0, tau=0.2, max_items=1)

@@ -132,7 +132,7 @@ def test_trainer_and_logger_configs_instantiate(overrides, tmp_path):
 
 def test_a_misspelt_component_key_fails_at_start_up_naming_its_path(tmp_path):
     with pytest.raises(ConfigError, match=r"model\.alignment\.cmcl: unknown key\(s\) \['tua'\] for recgoat\.nn\.CMCL "
-                                          r"\(it takes: weight, tau\)"):
+                                          r"\(it takes: weight, tau, max_items\)"):
         run_in_process(["model=recgoat", "+model.alignment.cmcl.tua=0.5", "debug=fast"], tmp_path)
     assert not (tmp_path / "results.json").exists()
     with pytest.raises(ConfigError, match=r"model: unknown key\(s\) \['mode'\] for recgoat\.models\.RecGOAT"):

@@ -72,22 +72,33 @@ class CMCL(nn.Module):
     r"""RecGOAT's instance-level alignment term, :func:`cmcl_loss` with its temperature and its weight
     in the model's objective.
 
+    The in-batch InfoNCE costs ``O(M B^2 d)`` for ``B`` distinct items; ``max_items`` bounds ``B`` by a random
+    subset of them (the same rows of every modality and of the fused items, so pairs stay pairs), the other
+    subset items its negatives, as W1's ``max_points`` does for the transport term.
+
     Args:
         weight: :math:`\lambda_{cl}`, the multiplier of the term in the model's loss.
         tau: InfoNCE temperature.
+        max_items: at most this many of the batch's items per step (``None``: all of them, the method's).
 
     Shapes: ``modalities`` ``{m: [B, d]}``, ``fused`` ``[B, d]`` -> scalar (unweighted).
     """
 
-    def __init__(self, weight: float, tau: float):
+    def __init__(self, weight: float, tau: float, max_items: int | None):
         super().__init__()
         if tau <= 0:
             raise ValueError(f"cmcl.tau must be > 0, got {tau}")
+        if max_items is not None and max_items < 2:
+            raise ValueError(f"cmcl.max_items must be >= 2 (an item needs a negative) or null, got {max_items}")
         self.weight = weight
         self.tau = tau
+        self.max_items = max_items
 
     def forward(self, modalities: dict[str, Tensor], fused: Tensor) -> Tensor:
+        if self.max_items is not None and fused.shape[0] > self.max_items:
+            rows = torch.randperm(fused.shape[0], device=fused.device)[: self.max_items]
+            modalities, fused = {m: z[rows] for m, z in modalities.items()}, fused[rows]
         return cmcl_loss(modalities, fused, self.tau)
 
     def extra_repr(self) -> str:
-        return f"weight={self.weight}, tau={self.tau}"
+        return f"weight={self.weight}, tau={self.tau}, max_items={self.max_items}"
