@@ -123,7 +123,7 @@ class _HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_w1_is_geomloss_sinkhorn_divergence_to_the_bit_without_host_reads():
+def test_w1_is_geomloss_sinkhorn_divergence_to_the_bit_and_its_gradient_to_rounding_without_host_reads():
     g = torch.Generator().manual_seed(3)
     xs = [torch.randn(90, 16, generator=g, requires_grad=True) for _ in range(2)]
     y = torch.randn(90, 16, generator=g)
@@ -134,8 +134,9 @@ def test_w1_is_geomloss_sinkhorn_divergence_to_the_bit_without_host_reads():
     reference = SamplesLoss("sinkhorn", p=1, blur=0.05, scaling=0.5, debias=True, backend="tensorized", diameter=2.0)
     ref = reference(F.normalize(torch.stack(xs), dim=-1), F.normalize(y, dim=-1).expand(2, -1, -1)).sum()
     assert ours.item() == ref.item()
+    # the stacked problems sum a point's gradient from its costs in another order than geomloss' four calls
     for ours_grad, ref_grad in zip(grads, torch.autograd.grad(ref, xs), strict=True):
-        assert torch.equal(ours_grad, ref_grad)
+        torch.testing.assert_close(ours_grad, ref_grad, rtol=1e-5, atol=1e-9)
 
 
 def test_a_batch_of_problems_gives_each_problems_own_plan_cold_and_warm():

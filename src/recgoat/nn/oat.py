@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from geomloss import SamplesLoss
 
 # geomloss' own Sinkhorn loop, called without SamplesLoss' input handling (see SinkhornW1); pinned version
-from geomloss._legacy.sinkhorn_divergence import epsilon_schedule, sinkhorn_cost, sinkhorn_loop
+from geomloss._legacy.sinkhorn_divergence import epsilon_schedule, sinkhorn_cost
 from geomloss._legacy.sinkhorn_samples import softmin_tensorized
 from geomloss._legacy.utils import distances
 from torch import Tensor, nn
@@ -234,9 +234,12 @@ class SinkhornW1(nn.Module):
     items stay paired): a few hundred points is a sound stochastic estimate at a fraction of the
     quadratic cost. Several clouds against one target (one per modality) are solved as one batch.
 
-    The solver is geomloss's tensorized Sinkhorn loop (what ``SamplesLoss("sinkhorn", p=1, debias=True,
-    backend="tensorized")`` runs, to the bit) called with uniform log-weights and the epsilon schedule of the
-    unit vectors' diameter (2), both fixed at construction: ``SamplesLoss`` masks the log-weights with a boolean
+    The solver is geomloss's tensorized Sinkhorn loop, what ``SamplesLoss("sinkhorn", p=1, debias=True,
+    backend="tensorized")`` computes, to the bit (a test): its symmetric updates with epsilon-scaling, then one
+    last update with gradients through the costs only. The loop is written out here so that the four problems of
+    the debiased divergence (x-y, y-x, x-x, y-y), for every cloud, take one stacked soft-min per update (geomloss'
+    ``softmin_tensorized``) instead of four: a quarter of the ops. Uniform log-weights and the epsilon schedule of
+    the unit vectors' diameter (2) are fixed at construction: ``SamplesLoss`` masks the log-weights with a boolean
     index (two host synchronisations per call on a GPU) and, without a diameter, measures it (another).
     The schedule runs ``len(eps_list)`` symmetric updates: 2 -> blur by factors of ``scaling``.
 
@@ -276,9 +279,28 @@ class SinkhornW1(nn.Module):
         ys = F.normalize(y, dim=-1).expand(xs.shape[0], -1, -1)
         weights = torch.ones(xs.shape[:2], dtype=xs.dtype, device=xs.device) / xs.shape[1]   # [M, n], uniform
         log_weights = weights.log()
-        # geomloss' gradient convention: the right-hand side of each cost is detached (and its order of them)
-        c_xy, c_yx = distances(xs, ys.detach()), distances(ys, xs.detach())
-        c_xx, c_yy = distances(xs, xs.detach()), distances(ys, ys.detach())
-        f_aa, g_bb, g_ab, f_ba = sinkhorn_loop(softmin_tensorized, log_weights, log_weights, c_xx, c_yy, c_xy, c_yx,
-                                               self.eps_list, None, debias=True)
+        # the problems stacked [4M, n, n]: C_xy, C_yx, C_xx, C_yy; geomloss' gradient convention: the right-hand
+        # side of each cost is detached
+        costs = distances(torch.cat([xs, ys, xs, ys]), torch.cat([ys, xs, xs, ys]).detach())
+        log_w = log_weights.repeat(4, 1)                                               # [4M, n]
+        potentials = sinkhorn_loop_stacked(costs, log_w, self.eps_list)                # f_ba, g_ab, f_aa, g_bb
+        f_ba, g_ab, f_aa, g_bb = potentials.chunk(4)
         return sinkhorn_cost(self.blur, None, weights, weights, f_aa, g_bb, g_ab, f_ba, batch=True, debias=True).sum()
+
+
+def sinkhorn_loop_stacked(costs: Tensor, log_weights: Tensor, eps_list: list[float]) -> Tensor:
+    r"""geomloss' ``sinkhorn_loop`` (debiased, balanced, one scale) on the four problems of a debiased divergence
+    stacked in the batch dimension: ``costs`` ``[4M, n, n]`` are ``C_xy, C_yx, C_xx, C_yy`` (in that order, M each)
+    and the potentials ``[4M, n]`` come back as ``f_ba, g_ab, f_aa, g_bb``. Each update of a problem reads its
+    partner's potential (x-y reads y-x's and the reverse; x-x and y-y their own), with the same arithmetic as
+    geomloss' loop, so the same values; the loop runs without gradients and the last update with them (through
+    the costs), as geomloss' ``last_extrapolation``."""
+    m = costs.shape[0] // 4
+    partner = torch.arange(4 * m, device=costs.device).view(4, m)[[1, 0, 2, 3]].reshape(-1)   # [4M]
+    with torch.no_grad():
+        eps = eps_list[0]
+        potentials = softmin_tensorized(eps, costs, log_weights)
+        for eps in eps_list:
+            update = softmin_tensorized(eps, costs, log_weights + potentials[partner] / eps)
+            potentials = 0.5 * (potentials + update)
+    return softmin_tensorized(eps, costs, (log_weights + potentials[partner] / eps).detach())
