@@ -112,16 +112,17 @@ class DimensionTransport(nn.Module):
         norm = (flat.amax(1) - flat.amin(1)).clamp_min(1e-12)[:, None, None]  # no .item(): no sync
         return cost * (self.cost_scale / norm), norm
 
-    # The updates keep the negated potentials in units of eps, P = -f/eps and Q = -g/eps, with the kernel's log
-    # plus the log-marginal folded in once, Ka = log a - C/eps and Kb = log b - C/eps (three ops an update):
+    # The updates keep the negated potentials in units of eps, P = -f/eps ([M, d_m, 1]) and Q = -g/eps
+    # ([M, 1, d_id]), shaped to broadcast against the kernel's log plus the log-marginal, folded in once,
+    # Ka = log a - C/eps and Kb = log b - C/eps (two ops an update):
     #   P = logsumexp_q(Kb - Q_q),  Q = logsumexp_p(Ka - P_p)
     @staticmethod
     def _p_update(kb: Tensor, q: Tensor) -> Tensor:
-        return torch.logsumexp(kb - q.unsqueeze(-2), dim=-1)
+        return torch.logsumexp(kb - q, dim=-1, keepdim=True)
 
     @staticmethod
     def _q_update(ka: Tensor, p: Tensor) -> Tensor:
-        return torch.logsumexp(ka - p.unsqueeze(-1), dim=-2)
+        return torch.logsumexp(ka - p, dim=-2, keepdim=True)
 
     def _updates(self, ka: Tensor, kb: Tensor, p: Tensor, q_next: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
         """``n`` Sinkhorn updates from ``P`` and the ``Q`` it gives; returns ``(P, Q, Q')``: the last P-update, the
@@ -136,7 +137,7 @@ class DimensionTransport(nn.Module):
     @staticmethod
     def _to_plan(kb: Tensor, p: Tensor, q: Tensor) -> Tensor:
         # d_m * exp(log a + log b - C/eps + f/eps + g/eps), with log a = -log d_m: rows exact after a P-update
-        return (kb - p.unsqueeze(-1) - q.unsqueeze(-2)).exp().float()
+        return (kb - p - q).exp().float()
 
     def _kernels(self, cost: Tensor) -> tuple[Tensor, Tensor]:
         neg_k = cost / -self.eps
@@ -156,7 +157,7 @@ class DimensionTransport(nn.Module):
         potentials warm-start the next call."""
         single = zm.dim() == 2
         zm, zid = (zm[None] if single else zm).detach().double(), zid.detach().double()
-        batch_shape = zm.shape[:1] + zm.shape[2:]                                  # [M, d_m]
+        batch_shape = zm.shape[:1] + zm.shape[2:] + (1,)                           # P's: [M, d_m, 1]
         cached = self._potentials.get(key) if self.warm_iters is not None and key is not None else None
         if cached is not None and cached[0].shape == batch_shape and cached[0].device == zm.device:
             plan, p, q = self.warm_plan(zm, zid, *cached)
