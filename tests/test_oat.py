@@ -183,3 +183,20 @@ def test_compiled_solvers_give_the_eager_values():
     torch.testing.assert_close(plans[1], plans[0], atol=1e-6, rtol=1e-6)
     copy.deepcopy(compiled)                                   # a module holding a compiled solver still copies
     pickle.dumps(compiled)
+
+
+def test_the_warm_start_potentials_travel_in_the_state_dict_so_a_resumed_plan_is_the_uninterrupted_one(tmp_path):
+    g = torch.Generator().manual_seed(21)
+    zms, zid = torch.randn(2, 120, 8, generator=g), torch.randn(120, 8, generator=g)
+    transport = DimensionTransport(eps=0.01, warm_iters=10)
+    transport.plan(zms, zid, key=("image", "text"))                          # cold, then one warm step
+    transport.plan(zms + 0.01, zid, key=("image", "text"))
+    torch.save(transport.state_dict(), tmp_path / "ckpt.pt")
+    uninterrupted = transport.plan(zms + 0.02, zid, key=("image", "text"))
+
+    resumed = DimensionTransport(eps=0.01, warm_iters=10)
+    resumed.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
+    assert torch.equal(resumed.plan(zms + 0.02, zid, key=("image", "text")), uninterrupted)
+    cold = DimensionTransport(eps=0.01, warm_iters=10)
+    cold.load_state_dict({})                                                  # a checkpoint from before them: cold
+    assert not torch.equal(cold.plan(zms + 0.02, zid, key=("image", "text")), uninterrupted)

@@ -64,10 +64,10 @@ def readme_resume_args(run_dir: Path) -> list[str]:
     return command[3:]
 
 
-def killed_run(tmp_path: Path, name: str = "killed") -> Path:
-    """A run of RESUME_ARGS killed (SIGKILL) after its checkpoint of epoch 2, during a later epoch."""
+def killed_run(tmp_path: Path, name: str = "killed", args: list[str] = RESUME_ARGS) -> Path:
+    """A run of ``args`` (EPOCHS epochs) killed (SIGKILL) after its checkpoint of epoch 2, during a later epoch."""
     run_dir = tmp_path / name
-    proc = subprocess.Popen([sys.executable, "-m", "recgoat.run", *RESUME_ARGS, f"hydra.run.dir={run_dir}"],
+    proc = subprocess.Popen([sys.executable, "-m", "recgoat.run", *args, f"hydra.run.dir={run_dir}"],
                             cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -123,6 +123,23 @@ def test_the_readmes_resume_command_after_a_kill_equals_the_uninterrupted_run_in
         for f in ("config.yaml", "overrides.yaml"):                                       # the original command
             assert (run_dir / ".hydra" / f).read_bytes() == before[killed / ".hydra" / f]
         assert any("resume=" in p.read_text() for p in (run_dir / ".hydra").glob("*/overrides.yaml"))
+
+
+@pytest.mark.slow
+def test_a_resumed_recgoat_run_takes_the_uninterrupted_runs_steps(tmp_path):
+    # RecGOAT carries state beyond its weights: the OT map's warm-start potentials (in the checkpoint)
+    args = ["model=recgoat", *RESUME_ARGS[1:]]
+    full = run_in_process(args, tmp_path / "full")
+    killed = killed_run(tmp_path, args=args)
+    run_cli(readme_resume_args(killed), cwd=tmp_path)
+    resumed = load_results(killed)
+    for key in ("best_epoch", "valid", "test", "valid_history"):
+        assert json.dumps(resumed[key]) == json.dumps(full[key]), key
+
+    def losses(run_dir: Path) -> list[str]:
+        with (run_dir / "csv" / "metrics.csv").open(newline="") as f:
+            return [r["train/loss"] for r in csv.DictReader(f) if r.get("train/loss")]
+    assert losses(killed) == losses(tmp_path / "full")                        # every digit, every epoch
 
 
 # The worst moment for a kill: Lightning has checkpointed epoch 2 at the end of its validation, and logs the

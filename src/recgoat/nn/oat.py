@@ -96,6 +96,18 @@ class DimensionTransport(nn.Module):
         self._n = 1
         self.warm_plan = _Compiled(self._warm_plan) if compile else self._warm_plan
 
+    # The warm-start potentials are part of the training state: a checkpoint carries them, so a resumed run takes
+    # the same warm updates as an uninterrupted one (a cold start would land on a plan a rounding error away).
+    def get_extra_state(self) -> list[tuple[object, Tensor, Tensor]]:
+        return [(key, p, q) for key, (p, q) in self._potentials.items()]
+
+    def set_extra_state(self, state: list[tuple[object, Tensor, Tensor]]) -> None:
+        self._potentials = {tuple(key) if isinstance(key, list) else key: (p, q) for key, p, q in state}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "_extra_state", [])   # a checkpoint from before: the next plan starts cold
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _cost(self, x: Tensor, y: Tensor) -> Tensor:
         # x: [M, d, n], y: [M, d, n] -> [M, d, d]; dimensions are the points, items the coordinates
         xx = x.pow(2).sum(-1)[:, :, None]
