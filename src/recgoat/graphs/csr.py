@@ -52,10 +52,17 @@ class CSREdges:
     edge_ids: Tensor
     num_nodes: int
     _blocks: dict[int, HeadBlocks] = field(default_factory=dict, compare=False, repr=False)
+    _ones: dict[torch.dtype, Tensor] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def num_edges(self) -> int:
         return self.col.numel()
+
+    def ones(self, dtype: torch.dtype) -> Tensor:
+        """``E`` ones of ``dtype``, the values of the 0/1 node-by-edge matrices of per-node sums (made once)."""
+        if dtype not in self._ones:
+            self._ones[dtype] = torch.ones(self.num_edges, dtype=dtype, device=self.col.device)
+        return self._ones[dtype]
 
     def head_blocks(self, heads: int) -> HeadBlocks:
         """The block-diagonal graph of ``heads`` copies of this one (built once per head count)."""
