@@ -31,11 +31,19 @@ from recgoat.graphs.csr import CSREdges, DeviceCSR
 def _csr(rowptr: Tensor, col: Tensor, values: Tensor, n: int, n_cols: int | None = None) -> Tensor:
     # the unchecked constructor: one op, where torch.sparse_csr_tensor adds three dtype/device conversions (the
     # structure comes from DeviceCSR, valid by construction)
+    return torch.ops.aten._sparse_compressed_tensor_unsafe(
+        rowptr, col, values, [n, n if n_cols is None else n_cols], dtype=values.dtype, layout=torch.sparse_csr,
+        device=values.device)
+
+
+def _spend_csr_beta_warning() -> None:
+    """Torch warns once per process, from C++, that sparse CSR is in beta when the first CSR tensor is made; made
+    through ``torch.ops`` (:func:`_csr`) that warning reaches stderr past Python's filters, so a first, empty one is
+    made here, where the filter holds."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        return torch.ops.aten._sparse_compressed_tensor_unsafe(
-            rowptr, col, values, [n, n if n_cols is None else n_cols], dtype=values.dtype, layout=torch.sparse_csr,
-            device=values.device)
+        torch.sparse_csr_tensor(torch.zeros(2, dtype=torch.int32), torch.zeros(0, dtype=torch.int32), torch.zeros(0),
+                                size=(1, 1), check_invariants=False)
 
 
 def _sum_per_node(rowptr: Tensor, edges: Tensor, x: Tensor, ones: Tensor) -> Tensor:
@@ -156,6 +164,7 @@ class FusedGATConv(GATConv):
                  dropout: float = 0.0):
         super().__init__(in_channels, out_channels, heads=heads, concat=True, negative_slope=negative_slope,
                          dropout=dropout, add_self_loops=False)
+        _spend_csr_beta_warning()
 
     def forward(self, x: Tensor, graph, return_attention_weights=None):  # noqa: D102
         if not isinstance(graph, DeviceCSR):
