@@ -71,13 +71,13 @@ def test_cmcl_max_items_takes_the_same_random_rows_of_every_modality_and_of_the_
     g = torch.Generator().manual_seed(0)
     z, a, b = (torch.randn(40, 8, generator=g) for _ in range(3))
     torch.manual_seed(7)
-    got = CMCL(weight=1.0, tau=0.2, max_items=16)({"a": a, "b": b}, z)
+    got = CMCL(weight=1.0, tau=0.2, max_items=16)(torch.stack([a, b]), z)
     torch.manual_seed(7)
     rows = torch.randperm(40)[:16]
     assert got.item() == pytest.approx(cmcl_loss({"a": a[rows], "b": b[rows]}, z[rows], 0.2).item(), rel=1e-6)
     # a batch of at most max_items items is taken whole, and draws nothing from the random stream
     torch.manual_seed(7)
-    whole = CMCL(weight=1.0, tau=0.2, max_items=40)({"a": a, "b": b}, z)
+    whole = CMCL(weight=1.0, tau=0.2, max_items=40)(torch.stack([a, b]), z)
     assert whole.item() == pytest.approx(cmcl_loss({"a": a, "b": b}, z, 0.2).item(), rel=1e-6)
     assert torch.equal(torch.randperm(40)[:16], rows)
 

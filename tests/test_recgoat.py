@@ -140,7 +140,8 @@ def test_the_oat_map_maps_each_modality_towards_the_user_item_views_items(tiny_s
         items = reps["views"]["ui"][1]                     # the user-item view's items
         for m, z in modal.items():                          # each modality solved alone: the batched solve's plan
             plan = model.alignment.transport.plan(z, items, key=m)
-            torch.testing.assert_close(reps["aligned"][m], z @ (plan + model.alignment.oat_map[m].delta),
+            j = model.alignment.modalities.index(m)
+            torch.testing.assert_close(reps["aligned"][m], z @ (plan + model.alignment.oat_map.delta[j]),
                                        atol=1e-5, rtol=1e-5)
 
 
@@ -275,3 +276,18 @@ def test_authors_preset_composes(tmp_path):
     cfg = compose_cfg(["+experiment=authors_baby"], tmp_path)
     assert cfg.model.embedding_dim == 800 and cfg.optimizer.lr == 8e-4 and cfg.datamodule.batch_size == 4096
     assert cfg.model._target_ == "recgoat.models.RecGOAT" and cfg.model.alignment.cmcl.weight == 0.032
+
+
+def test_a_state_dict_with_one_oat_map_correction_per_modality_loads_into_the_stacked_one(tiny_synthetic, tmp_path):
+    model = small_recgoat(tiny_synthetic, tmp_path)
+    with torch.no_grad():
+        model.alignment.oat_map.delta.normal_()
+    state = model.state_dict()
+    stacked = state.pop("alignment.oat_map.delta")
+    names = model.alignment.modalities
+    assert len(names) == 2
+    state.update({f"alignment.oat_map.{m}.delta": stacked[j] for j, m in enumerate(names)})   # the earlier layout
+    fresh = small_recgoat(tiny_synthetic, tmp_path)
+    assert not torch.equal(fresh.alignment.oat_map.delta, stacked)
+    fresh.load_state_dict(state)                                           # strict: no key left over or missing
+    assert torch.equal(fresh.alignment.oat_map.delta, stacked)

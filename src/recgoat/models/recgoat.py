@@ -89,8 +89,9 @@ class RecGOAT(Recommender):
         self.fusion = fusion(names=["id", *features], dim=d) if fusion is not None else None
 
     def representations(self) -> dict[str, Tensor | dict[str, Tensor]]:
-        """``user`` and ``item`` (what is scored), ``item_id`` (the ID branch's items), ``aligned`` per modality, and
-        the ID branch's two views ``{"ui": (users, items), "side": (users, items)}`` when it has the side view."""
+        """``user`` and ``item`` (what is scored), ``item_id`` (the ID branch's items), ``aligned`` per modality (and
+        ``aligned_stacked``, the same ``[M, n_items, d]``), and the ID branch's two views
+        ``{"ui": (users, items), "side": (users, items)}`` when it has the side view."""
         users0 = self.user_emb
         if self.user_branch is not None:
             with record_function("recgoat.user_branch"):
@@ -101,9 +102,11 @@ class RecGOAT(Recommender):
             ui = self.id_encoder(torch.cat([users0, self.item_emb]), graph)
         users, item_id = ui[: self.n_users], ui[self.n_users:]
         with record_function("recgoat.item_branches"):
-            aligned = self.modality_branches()
+            modal = self.modality_branches()
+        stacked = torch.stack(list(modal.values()))                           # [M, n_items, d]
         if self.alignment is not None:  # towards the user-item view's items: the collaborative space before content
-            aligned = self.alignment(aligned, item_id)
+            stacked = self.alignment(stacked, item_id)
+        aligned = dict(zip(modal, stacked.unbind(), strict=True))
         views = None
         if self.side_view is not None:
             with record_function("recgoat.side_view"):
@@ -111,7 +114,8 @@ class RecGOAT(Recommender):
                 views = {"ui": (users, item_id), "side": (side[: self.n_users], side[self.n_users:])}
                 users, item_id = users + views["side"][0], item_id + views["side"][1]
         item = self.fusion({"id": item_id, **aligned}) if self.fusion is not None else item_id
-        return {"user": users, "item": item, "item_id": item_id, "aligned": aligned, "views": views}
+        return {"user": users, "item": item, "item_id": item_id, "aligned": aligned, "aligned_stacked": stacked,
+                "views": views}
 
     # ---- the model API --------------------------------------------------------------------
     def loss_terms(self, batch: dict[str, Tensor], reps: dict) -> Iterator[tuple[str, float, Tensor]]:
@@ -120,8 +124,9 @@ class RecGOAT(Recommender):
                                                              self.item_emb[batch["neg"]])
         if self.alignment is not None:
             b = torch.unique(batch["pos"])
-            fused, item_id = reps["item"][b], reps["item_id"][b]
-            yield from self.alignment.loss_terms({m: z[b] for m, z in reps["aligned"].items()}, fused, item_id)
+            item_id = reps["item_id"][b]
+            fused = item_id if reps["item"] is reps["item_id"] else reps["item"][b]     # no fusion: the same rows
+            yield from self.alignment.loss_terms(reps["aligned_stacked"][:, b], fused, item_id)
         if self.side_view is not None and self.side_view.contrast is not None:
             (ui_users, ui_items), (side_users, side_items) = reps["views"]["ui"], reps["views"]["side"]
             u, i = batch["user"], batch["pos"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
 
@@ -33,34 +34,46 @@ class Alignment(nn.Module):
         detach_targets: the targets :math:`z, z^{id}` get no gradient from the terms, so alignment moves the modality
             branches only, never the collaborative space (design option; method.md: both sides move).
 
-    Shapes: :meth:`forward` ``{m: [n_items, d]}``, ``[n_items, d]`` -> ``{m: [n_items, d]}``; :meth:`loss_terms`
-    ``{m: [B, d]}``, ``[B, d]``, ``[B, d]`` -> ``(name, weight, scalar)`` per term.
+    Shapes: :meth:`forward` ``[M, n_items, d]`` (the modalities stacked in ``modalities``' order),
+    ``[n_items, d]`` -> ``[M, n_items, d]``; :meth:`loss_terms` ``[M, B, d]``, ``[B, d]``, ``[B, d]`` ->
+    ``(name, weight, scalar)`` per term.
     """
 
     def __init__(self, modalities: list[str], dim: int, *, cmcl: CMCL | None, oat_map: DimensionTransport | None,
                  oat_w1: SinkhornW1 | None, detach_targets: bool):
         super().__init__()
         self.cmcl, self.oat_w1, self.detach_targets = cmcl, oat_w1, detach_targets
+        self.modalities = tuple(modalities)            # the warm start's key
         self.transport, self.oat_map = oat_map, None
         if oat_map is not None:
-            self.oat_map = nn.ModuleDict({m: AdaptiveTransportMap(dim) for m in modalities})
+            self.oat_map = AdaptiveTransportMap(len(modalities), dim)
 
-    def forward(self, modal: dict[str, Tensor], item_id: Tensor) -> dict[str, Tensor]:
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a checkpoint from before the maps were one [M, d, d] parameter holds one [d, d] per modality
+        old, new = [prefix + f"oat_map.{m}.delta" for m in self.modalities], prefix + "oat_map.delta"
+        if self.oat_map is not None and new not in state_dict and all(k in state_dict for k in old):
+            state_dict[new] = torch.stack([state_dict.pop(k) for k in old])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, modal: Tensor, item_id: Tensor) -> Tensor:
         if self.oat_map is None:
             return modal
         with record_function("recgoat.oat_map"):  # every modality's plan in one batched solve
-            names = tuple(modal)
-            plans = self.transport.plan(torch.stack([modal[m] for m in names]), item_id, key=names)
-            return {m: self.oat_map[m](modal[m], plan) for m, plan in zip(names, plans, strict=True)}
+            return self.oat_map(modal, self.transport.plan(modal, item_id, key=self.modalities))
 
-    def loss_terms(self, aligned: dict[str, Tensor], fused: Tensor,
-                   item_id: Tensor) -> Iterator[tuple[str, float, Tensor]]:
-        """``(name, weight, unweighted value)`` of each alignment term, computed as it is taken."""
+    def loss_terms(self, aligned: Tensor, fused: Tensor, item_id: Tensor) -> Iterator[tuple[str, float, Tensor]]:
+        """``(name, weight, unweighted value)`` of each alignment term, computed as it is taken. ``fused`` may be
+        ``item_id`` itself (no fusion): its unit vectors are then made once."""
+        # both terms compare unit vectors: each input is normalised once, here, for both
+        same = fused is item_id
         if self.detach_targets:
             fused, item_id = fused.detach(), item_id.detach()
+        aligned = F.normalize(aligned, dim=-1)
         if self.cmcl is not None:
-            yield "cmcl", self.cmcl.weight, self.cmcl(aligned, fused)
+            fused = F.normalize(fused, dim=-1)
+            yield "cmcl", self.cmcl.weight, self.cmcl(aligned, fused, unit=True)
         if self.oat_w1 is not None:
+            item_id = fused if same and self.cmcl is not None else F.normalize(item_id, dim=-1)
             with record_function("recgoat.oat_w1"):
-                w1 = self.oat_w1(list(aligned.values()), item_id)
+                w1 = self.oat_w1(aligned, item_id, unit=True)
             yield "oat_w1", self.oat_w1.weight, w1

@@ -81,7 +81,7 @@ class CMCL(nn.Module):
         tau: InfoNCE temperature.
         max_items: at most this many of the batch's items per step (``None``: all of them, the method's).
 
-    Shapes: ``modalities`` ``{m: [B, d]}``, ``fused`` ``[B, d]`` -> scalar (unweighted).
+    Shapes: ``modalities`` ``[M, B, d]`` (stacked), ``fused`` ``[B, d]`` -> scalar (unweighted).
     """
 
     def __init__(self, weight: float, tau: float, max_items: int | None):
@@ -94,11 +94,14 @@ class CMCL(nn.Module):
         self.tau = tau
         self.max_items = max_items
 
-    def forward(self, modalities: dict[str, Tensor], fused: Tensor) -> Tensor:
+    def forward(self, modalities: Tensor, fused: Tensor, unit: bool = False) -> Tensor:
+        """``unit``: the inputs are unit vectors already (not normalised again)."""
         if self.max_items is not None and fused.shape[0] > self.max_items:
             rows = torch.randperm(fused.shape[0], device=fused.device)[: self.max_items]
-            modalities, fused = {m: z[rows] for m, z in modalities.items()}, fused[rows]
-        return cmcl_loss(modalities, fused, self.tau)
+            modalities, fused = modalities[:, rows], fused[rows]
+        if unit:
+            return _InfoNCE.apply(modalities / self.tau, fused)
+        return info_nce(modalities, fused, self.tau)        # cmcl_loss of the stacked modalities
 
     def extra_repr(self) -> str:
         return f"weight={self.weight}, tau={self.tau}, max_items={self.max_items}"

@@ -18,10 +18,8 @@ import torch
 import torch.nn.functional as F
 from geomloss import SamplesLoss
 
-# geomloss' own Sinkhorn loop, called without SamplesLoss' input handling (see SinkhornW1); pinned version
-from geomloss._legacy.sinkhorn_divergence import epsilon_schedule, sinkhorn_cost
-from geomloss._legacy.sinkhorn_samples import softmin_tensorized
-from geomloss._legacy.utils import distances
+# geomloss' epsilon schedule for the W1 term's loop (see SinkhornW1); pinned version
+from geomloss._legacy.sinkhorn_divergence import epsilon_schedule
 from torch import Tensor, nn
 
 
@@ -120,8 +118,8 @@ class DimensionTransport(nn.Module):
         cost = dimension_cost(zm, zid)
         if not self.normalize_cost:
             return cost * self.cost_scale, 1.0
-        flat = cost.flatten(1)
-        norm = (flat.amax(1) - flat.amin(1)).clamp_min(1e-12)[:, None, None]  # no .item(): no sync
+        low, high = cost.flatten(1).aminmax(dim=1)
+        norm = (high - low).clamp_min(1e-12)[:, None, None]                    # no .item(): no sync
         return cost * (self.cost_scale / norm), norm
 
     # The updates keep the negated potentials in units of eps, P = -f/eps ([M, d_m, 1]) and Q = -g/eps
@@ -136,14 +134,15 @@ class DimensionTransport(nn.Module):
     def _q_update(ka: Tensor, p: Tensor) -> Tensor:
         return torch.logsumexp(ka - p, dim=-2, keepdim=True)
 
-    def _updates(self, ka: Tensor, kb: Tensor, p: Tensor, q_next: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    def _updates(self, ka: Tensor, kb: Tensor, p: Tensor, q_next: Tensor, n: int,
+                 last_q: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
         """``n`` Sinkhorn updates from ``P`` and the ``Q`` it gives; returns ``(P, Q, Q')``: the last P-update, the
-        ``Q`` it read, and the next Q-update (for the marginal test)."""
+        ``Q`` it read, and the next Q-update (for the marginal test; ``None`` without ``last_q``)."""
         q = q_next
-        for _ in range(n):
+        for i in range(n):
             q = q_next
             p = self._p_update(kb, q)
-            q_next = self._q_update(ka, p)
+            q_next = self._q_update(ka, p) if last_q or i < n - 1 else None
         return p, q, q_next
 
     @staticmethod
@@ -153,13 +152,14 @@ class DimensionTransport(nn.Module):
 
     def _kernels(self, cost: Tensor) -> tuple[Tensor, Tensor]:
         neg_k = cost / -self.eps
-        return neg_k - math.log(cost.shape[-2]), neg_k - math.log(cost.shape[-1])
+        ka = neg_k - math.log(cost.shape[-2])
+        return ka, (ka if cost.shape[-1] == cost.shape[-2] else neg_k - math.log(cost.shape[-1]))
 
     def _warm_plan(self, zm: Tensor, zid: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """A step's plan from the last step's potentials: exactly ``warm_iters`` updates, no test (no host
         synchronisation); returns (plan, P, Q)."""
         ka, kb = self._kernels(self._scaled_cost(zm, zid)[0])
-        p, q, _ = self._updates(ka, kb, p, self._q_update(ka, p), self.warm_iters)
+        p, q, _ = self._updates(ka, kb, p, self._q_update(ka, p), self.warm_iters, last_q=False)
         return self._to_plan(kb, p, q), p, q
 
     @torch.no_grad()
@@ -199,20 +199,22 @@ class DimensionTransport(nn.Module):
 
 
 class AdaptiveTransportMap(nn.Module):
-    r"""``Z~^m = Z^m (d T^* + \Delta^m)``: the detached OT map plus a learnable ``d x d`` correction.
+    r"""``Z~^m = Z^m (d T^*_m + \Delta^m)`` for M modalities at once: each modality's detached OT map plus its
+    learnable ``d x d`` correction (one ``[M, d, d]`` parameter: one product for all).
 
     Args:
+        n_maps: M.
         dim: d.
 
-    Shapes: ``zm`` ``[n, d]``, ``plan`` ``[d, d]`` (:meth:`DimensionTransport.plan`) -> ``[n, d]``.
+    Shapes: ``z`` ``[M, n, d]``, ``plans`` ``[M, d, d]`` (:meth:`DimensionTransport.plan`) -> ``[M, n, d]``.
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, n_maps: int, dim: int):
         super().__init__()
-        self.delta = nn.Parameter(torch.zeros(dim, dim))
+        self.delta = nn.Parameter(torch.zeros(n_maps, dim, dim))
 
-    def forward(self, zm: Tensor, plan: Tensor) -> Tensor:
-        return zm @ (plan + self.delta)
+    def forward(self, z: Tensor, plans: Tensor) -> Tensor:
+        return z @ (plans + self.delta)
 
 
 class _Compiled:
@@ -248,12 +250,13 @@ class SinkhornW1(nn.Module):
     quadratic cost. Several clouds against one target (one per modality) are solved as one batch.
 
     The solver is geomloss's tensorized Sinkhorn loop, what ``SamplesLoss("sinkhorn", p=1, debias=True,
-    backend="tensorized")`` computes, to the bit (a test): its symmetric updates with epsilon-scaling, then one
-    last update with gradients through the costs only. The loop is written out here so that the four problems of
-    the debiased divergence (x-y, y-x, x-x, y-y), for every cloud, take one stacked soft-min per update (geomloss'
-    ``softmin_tensorized``) instead of four: a quarter of the ops. Uniform log-weights and the epsilon schedule of
-    the unit vectors' diameter (2) are fixed at construction: ``SamplesLoss`` masks the log-weights with a boolean
-    index (two host synchronisations per call on a GPU) and, without a diameter, measures it (another).
+    backend="tensorized")`` computes, to rounding (a test, value and gradient): its symmetric updates with
+    epsilon-scaling, then one last update with gradients through the costs only. The loop is written out here
+    (:func:`sinkhorn_loop_stacked`) so that the four problems of the debiased divergence (x-y, y-x, x-x, y-y), for
+    every cloud, take one stacked soft-min per update instead of four, each update in six ops. Uniform log-weights
+    (a constant) and the epsilon schedule of the unit vectors' diameter (2, fixed at construction) read nothing on
+    the host: ``SamplesLoss`` masks the log-weights with a boolean index (two host synchronisations per call on a
+    GPU) and, without a diameter, measures it (another).
     The schedule runs ``len(eps_list)`` symmetric updates: 2 -> blur by factors of ``scaling``.
 
     Args:
@@ -265,7 +268,7 @@ class SinkhornW1(nn.Module):
             some ten fused kernels instead of about 500 small ops, for launch-bound devices; compiled on the first
             call.
 
-    Shapes: ``[n, d]`` or a list of ``M`` of them (their divergences summed), ``[n, d]`` -> scalar.
+    Shapes: ``[n, d]``, or ``M`` of them (``[M, n, d]`` or a list; their divergences summed), ``[n, d]`` -> scalar.
     """
 
     diameter = 2.0  # of L2-normalised points
@@ -279,41 +282,60 @@ class SinkhornW1(nn.Module):
         self.eps_list = [float(e) for e in epsilon_schedule(1, self.diameter, blur, scaling)]
         self.solve = _Compiled(self._divergence) if compile else self._divergence
 
-    def forward(self, x: Tensor | list[Tensor], y: Tensor) -> Tensor:
-        xs = torch.stack(x) if isinstance(x, list | tuple) else x[None]              # [M, n, d]
+    def forward(self, x: Tensor | list[Tensor], y: Tensor, unit: bool = False) -> Tensor:
+        """``unit``: the points are unit vectors already (not normalised again)."""
+        xs = torch.stack(x) if isinstance(x, list | tuple) else x if x.dim() == 3 else x[None]   # [M, n, d]
         if self.max_points is not None and xs.shape[1] > self.max_points:
             idx = torch.randperm(xs.shape[1], device=xs.device)[: self.max_points]
             xs, y = xs[:, idx], y[idx]
-        return self.solve(xs, y)
+        return self.solve(xs, y, unit)
 
-    def _divergence(self, xs: Tensor, y: Tensor) -> Tensor:
+    def _divergence(self, xs: Tensor, y: Tensor, unit: bool) -> Tensor:
         # xs: [M, n, d], y: [n, d] -> the sum of the M divergences
-        xs = F.normalize(xs, dim=-1)
-        ys = F.normalize(y, dim=-1).expand(xs.shape[0], -1, -1)
-        weights = torch.ones(xs.shape[:2], dtype=xs.dtype, device=xs.device) / xs.shape[1]   # [M, n], uniform
-        log_weights = weights.log()
+        m, n = xs.shape[:2]
+        if not unit:
+            xs, y = F.normalize(xs, dim=-1), F.normalize(y, dim=-1)
+        ys = y.expand(m, -1, -1)
         # the problems stacked [4M, n, n]: C_xy, C_yx, C_xx, C_yy; geomloss' gradient convention: the right-hand
         # side of each cost is detached
-        costs = distances(torch.cat([xs, ys, xs, ys]), torch.cat([ys, xs, xs, ys]).detach())
-        log_w = log_weights.repeat(4, 1)                                               # [4M, n]
-        potentials = sinkhorn_loop_stacked(costs, log_w, self.eps_list)                # f_ba, g_ab, f_aa, g_bb
-        f_ba, g_ab, f_aa, g_bb = potentials.chunk(4)
-        return sinkhorn_cost(self.blur, None, weights, weights, f_aa, g_bb, g_ab, f_ba, batch=True, debias=True).sum()
+        costs = unit_distances(torch.cat([xs, ys, xs, ys]), torch.cat([ys, xs, xs, ys]).detach())
+        potentials = sinkhorn_loop_stacked(costs, self.eps_list)                     # f_ba, g_ab, f_aa, g_bb
+        # uniform weights 1/n: S = sum_m <1/n, f_ba - f_aa> + <1/n, g_ab - g_bb>
+        cross, own = potentials.view(2, -1).sum(1).unbind()
+        return (cross - own) / n
 
 
-def sinkhorn_loop_stacked(costs: Tensor, log_weights: Tensor, eps_list: list[float]) -> Tensor:
-    r"""geomloss' ``sinkhorn_loop`` (debiased, balanced, one scale) on the four problems of a debiased divergence
-    stacked in the batch dimension: ``costs`` ``[4M, n, n]`` are ``C_xy, C_yx, C_xx, C_yy`` (in that order, M each)
-    and the potentials ``[4M, n]`` come back as ``f_ba, g_ab, f_aa, g_bb``. Each update of a problem reads its
-    partner's potential (x-y reads y-x's and the reverse; x-x and y-y their own), with the same arithmetic as
-    geomloss' loop, so the same values; the loop runs without gradients and the last update with them (through
-    the costs), as geomloss' ``last_extrapolation``."""
-    m = costs.shape[0] // 4
-    partner = torch.arange(4 * m, device=costs.device).view(4, m)[[1, 0, 2, 3]].reshape(-1)   # [4M]
+def unit_distances(x: Tensor, y: Tensor) -> Tensor:
+    """``||x_i - y_j||`` of unit vectors, ``sqrt(2 - 2 <x_i, y_j>)`` (clamped at geomloss' 1e-8 below the root):
+    geomloss' ``distances`` less the squared norms, which are 1 (their gradient is radial, and the normalisation
+    that made the vectors removes it). Shapes: ``[B, n, d]``, ``[B, m, d]`` -> ``[B, n, m]``."""
+    return torch.rsub(x @ y.mT, 2.0, alpha=2.0).clamp_min(1e-8).sqrt()
+
+
+def sinkhorn_loop_stacked(costs: Tensor, eps_list: list[float]) -> Tensor:
+    r"""geomloss' ``sinkhorn_loop`` (debiased, balanced, one scale, uniform weights) on the four problems of a
+    debiased divergence stacked in the batch dimension: ``costs`` ``[4M, n, n]`` are ``C_xy, C_yx, C_xx, C_yy`` (in
+    that order, M each) and the potentials ``[4M, n]`` come back as ``f_ba, g_ab, f_aa, g_bb``. Each update of a
+    problem reads its partner's potential (x-y reads y-x's and the reverse; x-x and y-y their own):
+
+    .. math::
+        f \leftarrow \tfrac12 \big(f - \varepsilon \log \textstyle\sum_j \exp(\log\tfrac1n + g_j/\varepsilon
+            - C_{ij}/\varepsilon)\big)
+
+    geomloss' soft-min (``softmin_tensorized``) and averaging with the scalars folded into each op (``alpha=``), so
+    six ops an update instead of eleven and the same values to rounding; the loop runs without gradients and
+    the last update with them (through the costs), as geomloss' ``last_extrapolation``."""
+    m, n = costs.shape[0] // 4, costs.shape[-1]
+    # pot[partner] is [4M, 1, n]: the partner's potential as a row against each problem's cost rows
+    partner = torch.arange(4 * m, device=costs.device).view(4, m)[[1, 0, 2, 3]].view(-1, 1)
+    log_w = torch.full((4 * m, 1, n), -math.log(n), dtype=costs.dtype, device=costs.device)
+
+    def log_sum(eps: float, potentials: Tensor) -> Tensor:       # log sum_j exp(log w_j + g_j/eps - C_ij/eps)
+        return torch.add(log_w, potentials[partner], alpha=1 / eps).sub(costs, alpha=1 / eps).logsumexp(2)
+
     with torch.no_grad():
         eps = eps_list[0]
-        potentials = softmin_tensorized(eps, costs, log_weights)
+        potentials = torch.sub(log_w, costs, alpha=1 / eps).logsumexp(2).mul_(-eps)
         for eps in eps_list:
-            update = softmin_tensorized(eps, costs, log_weights + potentials[partner] / eps)
-            potentials = 0.5 * (potentials + update)
-    return softmin_tensorized(eps, costs, (log_weights + potentials[partner] / eps).detach())
+            potentials = log_sum(eps, potentials).mul_(-0.5 * eps).add_(potentials, alpha=0.5)
+    return log_sum(eps, potentials).mul(-eps)
