@@ -172,17 +172,27 @@ def fig_cost(results: Path):
     left.set_ylabel("s / epoch (1 thread)")
     left.set_title("cost vs size")
     left.legend()
-    steps = read_csv(results / "step_cost.csv")
+    steps = [r for r in read_csv(results / "step_cost.csv") if r["model"].startswith("recgoat")]
     labels = list(dict.fromkeys(r["data"] for r in steps))
-    models = list(dict.fromkeys(r["model"] for r in steps))
-    for i, m in enumerate(models):
-        xs = [j + (i - (len(models) - 1) / 2) * 0.8 / len(models) for j in range(len(labels))]
-        cell = {r["data"]: _float(r["s per epoch"]) for r in steps if r["model"] == m}
-        right.bar(xs, [cell.get(d, float("nan")) for d in labels], 0.8 / len(models), label=m)
+    models = list(dict.fromkeys((r["model"], r["code"]) for r in steps))
+    width = 0.8 / len(models)
+    for i, (m, code) in enumerate(models):
+        xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(labels))]
+        rows = {r["data"]: r for r in steps if (r["model"], r["code"]) == (m, code)}
+        ratios = [_float(rows[d]["x MGCN"]) if d in rows else float("nan") for d in labels]
+        name = "recgoat, compiled solvers" if "compiled" in m else "recgoat"
+        bars = right.bar(xs, ratios, width, label=f"{name} @ {code}")
+        for bar, d in zip(bars, labels, strict=True):    # the op ratio over each bar
+            if d in rows:
+                right.annotate(f"{_float(rows[d]['ops x MGCN']):.2f}", (bar.get_x() + width / 2, bar.get_height()),
+                               ha="center", va="bottom", fontsize=6, rotation=90)
+    right.axhline(1.0, color="black", lw=0.8)
+    right.axhline(1.25, color="grey", ls="--", lw=0.8)
     right.set_xticks(range(len(labels)), labels)
-    right.set_ylabel("s / epoch (1 thread, fastest round)")
-    right.set_title("RecGOAT's step vs MGCN's (make bench)")
-    right.legend()
+    right.set_ylabel("s per epoch, x MGCN's (1 thread)")
+    right.set_ylim(0, 2.0)
+    right.set_title("RecGOAT's step / MGCN's (make bench); over bars: aten ops / MGCN's", fontsize=9)
+    right.legend(fontsize=6, ncol=2, loc="upper left")
     fig.tight_layout()
     return fig
 

@@ -265,7 +265,7 @@ class SinkhornW1(nn.Module):
         scaling: ratio of two successive epsilons of the annealing schedule (smaller: fewer updates).
         max_points: subsample size (``None``: all points).
         compile: run the solver (normalisation, costs, Sinkhorn loop) as one graph compiled by ``torch.compile``:
-            some ten fused kernels instead of about 500 small ops, for launch-bound devices; compiled on the first
+            some ten fused kernels instead of about 150 small ops, for launch-bound devices; compiled on the first
             call.
 
     Shapes: ``[n, d]``, or ``M`` of them (``[M, n, d]`` or a list; their divergences summed), ``[n, d]`` -> scalar.
