@@ -134,15 +134,14 @@ class DimensionTransport(nn.Module):
     def _q_update(ka: Tensor, p: Tensor) -> Tensor:
         return torch.logsumexp(ka - p, dim=-2, keepdim=True)
 
-    def _updates(self, ka: Tensor, kb: Tensor, p: Tensor, q_next: Tensor, n: int,
-                 last_q: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _updates(self, ka: Tensor, kb: Tensor, p: Tensor, q_next: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
         """``n`` Sinkhorn updates from ``P`` and the ``Q`` it gives; returns ``(P, Q, Q')``: the last P-update, the
-        ``Q`` it read, and the next Q-update (for the marginal test; ``None`` without ``last_q``)."""
+        ``Q`` it read, and the next Q-update (for the marginal test)."""
         q = q_next
-        for i in range(n):
+        for _ in range(n):
             q = q_next
             p = self._p_update(kb, q)
-            q_next = self._q_update(ka, p) if last_q or i < n - 1 else None
+            q_next = self._q_update(ka, p)
         return p, q, q_next
 
     @staticmethod
@@ -159,7 +158,9 @@ class DimensionTransport(nn.Module):
         """A step's plan from the last step's potentials: exactly ``warm_iters`` updates, no test (no host
         synchronisation); returns (plan, P, Q)."""
         ka, kb = self._kernels(self._scaled_cost(zm, zid)[0])
-        p, q, _ = self._updates(ka, kb, p, self._q_update(ka, p), self.warm_iters, last_q=False)
+        for _ in range(self.warm_iters):             # ends on a P-update: no marginal test reads the next Q
+            q = self._q_update(ka, p)
+            p = self._p_update(kb, q)
         return self._to_plan(kb, p, q), p, q
 
     @torch.no_grad()
