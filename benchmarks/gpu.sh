@@ -18,12 +18,12 @@ print('device:', torch.cuda.get_device_name(0), '| torch', torch.__version__)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 echo "== GPU tests"
 timeout 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -15 | tee "$OUT/gpu-$stamp-tests.txt"
-echo "== RecGOAT vs MGCN, side by side on the GPU"
+echo "== RecGOAT (published), recgoat_mgcn and MGCN, side by side on the GPU"
 timeout 150 "$PY" benchmarks/bench.py --only-side-by-side --device cuda --steps 5 --rounds 3 2>&1 \
   | tee "$OUT/gpu-$stamp-side-by-side.txt" | grep -v "^\[" || true
 if "$PY" -c "from benchmarks.bench import ml100k_mm; import sys; sys.exit(ml100k_mm() is None)" 2>/dev/null; then
   echo "== five epochs of each on ml100k_mm, whole runs (s / epoch in results.json)"
-  for m in recgoat mgcn; do
+  for m in recgoat recgoat_mgcn mgcn; do
     timeout 90 "$PY" -m recgoat.run model=$m dataset=ml100k_mm trainer=gpu trainer.max_epochs=5 \
       trainer.enable_progress_bar=false logger=none hydra.run.dir="$OUT/gpu-$stamp-$m" | tail -3 || true
     "$PY" -c "import json,sys; t=json.load(open(sys.argv[1]))['timings']; print(sys.argv[2], 's/epoch', t['train_epoch_s'])" \

@@ -130,7 +130,7 @@ def test_lightgcn_propagation_outputs_and_gradients_match(tiny_synthetic):
 @needs_dgl
 @pytest.mark.parametrize("ui", ["lightgcn", "attention"])
 def test_recgoat_checkpoint_loads_under_either_backend_and_scores_the_same(tiny_synthetic, tmp_path, ui):
-    extra = ["+experiment=ui_attention", "model.id_encoder.heads=4"] if ui == "attention" else []
+    extra = ["+experiment=ui_attention", "ablate.id_encoder.heads=4"] if ui == "attention" else []
     pyg = small_recgoat(tiny_synthetic, tmp_path, *extra).eval()
     dgl_model = small_recgoat(tiny_synthetic, tmp_path, "model.backend=dgl", *extra).eval()
     dgl_model.load_state_dict(pyg.state_dict(), strict=True)

@@ -20,8 +20,7 @@ def test_attention_weights_over_each_nodes_in_edges_sum_to_one(csr):
     x = np.random.default_rng(3).normal(size=(40, 5)).astype(np.float32)
     ei = edge_index(binary_knn(x, 4))
     graph = DeviceCSR.from_edge_index(ei, 40) if csr else ei
-    enc = GraphAttentionEncoder(5, 16, n_layers=1, heads=4, dropout=0.1, negative_slope=0.2, attention=True,
-                                backend="pyg").eval()
+    enc = GraphAttentionEncoder(5, 16, n_layers=1, heads=4, dropout=0.1, negative_slope=0.2, backend="pyg").eval()
     h = enc.proj(torch.from_numpy(x))
     _, (ei_out, alpha) = enc.layers[0](h, graph, return_attention_weights=True)
     assert alpha.shape == (ei.shape[1], 4)

@@ -12,7 +12,7 @@ from tests.helpers import QUIET, TINY_DATA, run_in_process
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu.sh)")]
 
-MODELS = ["lightgcn", "vbpr", "freedom", "mgcn", "lgmrec", "recgoat", "recgoat_spec"]
+MODELS = ["lightgcn", "vbpr", "freedom", "mgcn", "lgmrec", "recgoat", "recgoat_mgcn"]
 
 
 @pytest.mark.parametrize("model", MODELS)

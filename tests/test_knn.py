@@ -152,13 +152,13 @@ def test_ivf_knn_falls_back_to_exact_rows_when_its_probed_cells_are_too_small():
     assert all(len(set(row)) == 12 for row in got)
 
 
-@pytest.mark.parametrize("model", ["recgoat", "mgcn", "freedom"])
+@pytest.mark.parametrize("model", ["recgoat", "recgoat_mgcn", "mgcn", "freedom"])
 def test_the_knn_search_reaches_every_graph_of_every_model(tiny_synthetic, tmp_path, model):
     pytest.importorskip("faiss", reason="the approximate kNN builder needs the knn extra (faiss-cpu)")
-    extra = ["model/user_branch=gat"] if model == "recgoat" else []
+    extra = ["model/user_branch=gat"] if model == "recgoat_mgcn" else []
     build_model(tiny_synthetic, [f"model={model}", *extra, f"paths.cache_dir={tmp_path}"])
     exact_files = set((tmp_path / "graphs").glob("*.npz"))
-    # recgoat: the branches' text, image and user graphs and the side view's text and image graphs
-    assert len(exact_files) == {"recgoat": 5, "mgcn": 2, "freedom": 2}[model]
+    # recgoat: the branches' text, image and user graphs; recgoat_mgcn: those and the side view's text and image graphs
+    assert len(exact_files) == {"recgoat": 3, "recgoat_mgcn": 5, "mgcn": 2, "freedom": 2}[model]
     build_model(tiny_synthetic, [f"model={model}", *extra, "model/knn_search=ivf", f"paths.cache_dir={tmp_path}"])
     assert len(set((tmp_path / "graphs").glob("*.npz")) - exact_files) == len(exact_files)

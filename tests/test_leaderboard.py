@@ -225,7 +225,7 @@ def test_every_shipped_space_composes_into_a_run_config_the_model_accepts():
     check_targets(cfg)
     assert instantiate(cfg.sampler)(seed=0) is not None
     names = sorted(p.stem for p in Path(cfg.space_dir).glob("*.yaml"))
-    assert set(cfg.models) <= set(names) and "recgoat_spec" in names
+    assert set(cfg.models) <= set(names) and {"recgoat", "recgoat_mgcn"} <= set(names)
     for name in names:
         space = load_space(cfg.space_dir, name)
         mid = {k: (s["choices"][-1] if s["type"] == "categorical" else s["high"]) for k, s in space.params.items()}

@@ -1,5 +1,6 @@
 """RecGOAT as a composition of its parts: each part's contribution against a reference, each ablation without its
-part and its loss term, the model end to end on tiny data."""
+part and its loss term (on the published method, model=recgoat, and on the MGCN-view variant, model=recgoat_mgcn),
+the model end to end on tiny data."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,9 +11,19 @@ import torch
 
 from recgoat.data import DataError, RecDataset
 from recgoat.models import RecGOAT
-from recgoat.nn import AdaptiveFusion, AttentionPropagation, FeatureGates, bpr_loss, cmcl_loss, info_nce
+from recgoat.nn import (
+    AdaptiveFusion,
+    AttentionPropagation,
+    FeatureGates,
+    GraphAttentionEncoder,
+    MLPEncoder,
+    Part,
+    bpr_loss,
+    cmcl_loss,
+    info_nce,
+)
 from recgoat.training import BPRBatches
-from recgoat.utils.config import build_model
+from recgoat.utils.config import ConfigError, build_model
 from tests.helpers import QUIET, TINY_DATA, run_in_process
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -20,11 +31,21 @@ SMALL = ("model.embedding_dim=16", "model.modality_branches.knn_k=5", "model.mod
          "model.side_view.knn_k=5")
 
 
+USER = ("model.user_branch.knn_k=5", "model.user_branch.encoder.heads=4")
+
+
 def small_recgoat(dataset, tmp_path, *overrides: str) -> RecGOAT:
-    """``model=recgoat`` from its real config with the user LM branch (every part built), at d=16, 4 heads, k=5."""
+    """``model=recgoat_mgcn`` from its real config with the user LM branch as ``+experiment=with_user_llm`` adds it
+    (from weight 0; every part but fusion built), at d=16, 4 heads, k=5."""
     torch.manual_seed(0)
-    user = ("model/user_branch=gat", "model.user_branch.knn_k=5", "model.user_branch.encoder.heads=4")
-    return build_model(dataset, ["model=recgoat", *user, *SMALL, f"paths.cache_dir={tmp_path}", *overrides])
+    return build_model(dataset, ["model=recgoat_mgcn", "model/user_branch=gat", "model.user_branch.init_weight=0.0",
+                                 *USER, *SMALL, f"paths.cache_dir={tmp_path}", *overrides])
+
+
+def small_published(dataset, tmp_path, *overrides: str) -> RecGOAT:
+    """``model=recgoat`` (the published method: every part but the side view) at d=16, 4 heads, k=5."""
+    torch.manual_seed(0)
+    return build_model(dataset, ["model=recgoat", *USER, *SMALL[:3], f"paths.cache_dir={tmp_path}", *overrides])
 
 
 def first_batch(dataset):
@@ -33,11 +54,13 @@ def first_batch(dataset):
 
 @pytest.mark.parametrize("ui", ["lightgcn", "attention"])
 def test_gradients_reach_every_part(tiny_synthetic, tmp_path, ui):
-    extra = ["+experiment=ui_attention", "model.id_encoder.heads=4"] if ui == "attention" else []
+    extra = ["+experiment=ui_attention", "ablate.id_encoder.heads=4"] if ui == "attention" else []
     # the user LM weight at 1: from the default 0 the user encoder's gradient is 0 until the weight has moved
     model = small_recgoat(tiny_synthetic, tmp_path, *extra, "model.user_branch.init_weight=1.0")
     out = model.loss(first_batch(tiny_synthetic))
-    assert set(out) == {"loss", "bpr", "reg", "cmcl", "oat_w1", "view_cl", "user_llm_w"}
+    assert set(out) == {"loss", "bpr", "reg", "cmcl", "oat_w1", "view_cl"}
+    assert set(model.logged_values()) == {"user_llm_w"}   # a learned scalar: logged, never a loss term
+    assert all(isinstance(part, Part) for part in model.parts())
     out["loss"].backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert no_grad == []
@@ -145,10 +168,8 @@ def test_the_oat_map_maps_each_modality_towards_the_user_item_views_items(tiny_s
                                        atol=1e-5, rtol=1e-5)
 
 
-def test_the_specs_fusion_is_the_methods_and_its_weights_are_learned(tiny_synthetic, tmp_path):
-    torch.manual_seed(0)
-    model = build_model(tiny_synthetic, ["model=recgoat_spec", "model.embedding_dim=16", "model.user_branch.knn_k=5",
-                                         "model.modality_branches.knn_k=5", f"paths.cache_dir={tmp_path}"]).eval()
+def test_the_published_methods_fusion_is_the_methods_and_its_weights_are_learned(tiny_synthetic, tmp_path):
+    model = small_published(tiny_synthetic, tmp_path).eval()
     assert model.side_view is None and not model.alignment.detach_targets
     with torch.no_grad():
         reps = model.representations()
@@ -156,8 +177,44 @@ def test_the_specs_fusion_is_the_methods_and_its_weights_are_learned(tiny_synthe
         norms = reps["item"].norm(dim=-1)
         torch.testing.assert_close(norms, torch.ones_like(norms))
     model.train()
-    model.loss(first_batch(tiny_synthetic))["loss"].backward()
+    out = model.loss(first_batch(tiny_synthetic))
+    out["loss"].backward()
     assert float(model.fusion.weights.grad.abs().sum()) > 0
+    logged = model.logged_values()   # the fusion's weights and the user branch's go to the logger, not the loss
+    assert set(logged) == {"fusion_w_id", "fusion_w_text", "fusion_w_image", "user_llm_w"}
+    assert not set(logged) & set(out)
+    torch.testing.assert_close(logged["fusion_w_text"], model.fusion.weights[model.fusion.names.index("text")].detach())
+
+
+def test_scoring_reads_the_oat_maps_warm_start_and_training_steps_carry_it(tiny_synthetic, tmp_path):
+    model = small_published(tiny_synthetic, tmp_path)
+    model.loss(first_batch(tiny_synthetic))["loss"].backward()          # a training step: potentials kept
+    kept = [t.clone() for _, p, q in model.alignment.transport.get_extra_state() for t in (p, q)]
+    model.eval()
+    users = torch.arange(model.n_users)
+    first, second = model.scorer().score(users), model.scorer().score(users)
+    assert torch.equal(first, second)     # the same checkpoint scores the same, however often it is evaluated
+    after = [t for _, p, q in model.alignment.transport.get_extra_state() for t in (p, q)]
+    assert all(torch.equal(a, b) for a, b in zip(kept, after, strict=True))
+    model.train()
+    model.loss(first_batch(tiny_synthetic))
+    moved = [t for _, p, q in model.alignment.transport.get_extra_state() for t in (p, q)]
+    assert not all(torch.equal(a, b) for a, b in zip(kept, moved, strict=True))
+
+
+def test_the_published_methods_loss_is_bpr_plus_what_its_parts_report(tiny_synthetic, tmp_path):
+    model = small_published(tiny_synthetic, tmp_path).eval()
+    batch = first_batch(tiny_synthetic)
+    with torch.no_grad():
+        out, reps = model.loss(batch), model.representations()
+        u, p, n = reps["user"][batch["user"]], reps["item"][batch["pos"]], reps["item"][batch["neg"]]
+        torch.testing.assert_close(out["bpr"], bpr_loss((u * p).sum(-1), (u * n).sum(-1)))
+        b = torch.unique(batch["pos"])   # CMCL towards the fused item, which the method scores
+        torch.testing.assert_close(out["cmcl"], cmcl_loss({m: z[b] for m, z in reps["aligned"].items()},
+                                                          reps["item"][b], 0.2))
+    assert set(out) == {"loss", "bpr", "reg", "cmcl", "oat_w1"}
+    expected = out["bpr"] + 1e-4 * out["reg"] + 0.032 * out["cmcl"] + 0.05 * out["oat_w1"]
+    torch.testing.assert_close(out["loss"], expected)
 
 
 @pytest.mark.parametrize("normalize", [True, False])
@@ -186,43 +243,85 @@ def parts_of(model) -> dict[str, bool]:
             "cmcl": model.alignment is not None and model.alignment.cmcl is not None,
             "oat_map": model.alignment is not None and model.alignment.oat_map is not None,
             "oat_w1": model.alignment is not None and model.alignment.oat_w1 is not None,
-            "gat": all(g is not None for g in model.modality_branches.graphs.values()),
+            "gat": all(isinstance(e, GraphAttentionEncoder) for e in model.modality_branches.encoders.values()),
+            "mlp": all(isinstance(e, MLPEncoder) for e in model.modality_branches.encoders.values()),
             "user_branch": model.user_branch is not None,
-            "user_graph": model.user_branch is not None and model.user_branch.graph is not None,
+            "user_graph": model.user_branch is not None and isinstance(model.user_branch.encoder,
+                                                                       GraphAttentionEncoder),
             "ui_attention": isinstance(model.id_encoder, AttentionPropagation),
             "fusion": model.fusion is not None}
 
 
-DEFAULT_PARTS = {"side_view", "view_cl", "alignment", "cmcl", "oat_map", "oat_w1", "gat"}
-ABLATIONS = {  # experiment -> (parts removed, parts added) against model=recgoat
+PARTS = {"recgoat": {"alignment", "cmcl", "oat_map", "oat_w1", "gat", "user_branch", "user_graph", "fusion"},
+         "recgoat_mgcn": {"side_view", "view_cl", "alignment", "cmcl", "oat_map", "oat_w1", "gat"}}
+ABLATIONS = {  # experiment -> (parts removed, parts added), the same on each model that has the part
     "recgoat": (set(), set()),
     "ablation_no_alignment": ({"alignment", "cmcl", "oat_map", "oat_w1"}, set()),
     "ablation_no_cmcl": ({"cmcl"}, set()),
     "ablation_no_oat": ({"oat_map", "oat_w1"}, set()),
-    "ablation_no_gat": ({"gat"}, set()),
+    "ablation_no_gat": ({"gat"}, {"mlp"}),
     "ablation_no_view_cl": ({"view_cl"}, set()),
     "ablation_raw_gates": (set(), {"raw_gates"}),
     "with_user_llm": (set(), {"user_branch", "user_graph"}),
-    "ablation_no_user_graph": (set(), {"user_branch"}),
+    "ablation_no_user_graph": ({"user_graph"}, set()),
     "ui_attention": (set(), {"ui_attention"}),
 }
-LOSS_TERMS = {"cmcl": "cmcl", "oat_w1": "oat_w1", "view_cl": "view_cl", "user_branch": "user_llm_w"}
+NOT_ON = {"recgoat": {"ablation_no_view_cl", "ablation_raw_gates"},   # parts of the variant only
+          "recgoat_mgcn": {"ablation_no_user_graph"}}                  # the variant has no user LM branch
+LOSS_TERMS = {"cmcl": "cmcl", "oat_w1": "oat_w1", "view_cl": "view_cl"}
+CASES = [(m, e) for m in PARTS for e in sorted(ABLATIONS) if e not in NOT_ON[m] and (e != "recgoat" or m == "recgoat")]
 
 
-@pytest.mark.parametrize("experiment", sorted(ABLATIONS))
-def test_each_ablation_removes_its_part_and_its_loss_term(tiny_synthetic, tmp_path, experiment):
-    extra = ["model.id_encoder.heads=4"] if experiment == "ui_attention" else []
-    if "user" in experiment:
-        extra += ["model.user_branch.knn_k=5", "model.user_branch.encoder.heads=4"]
+def ablated(dataset, tmp_path, model: str, experiment: str):
+    extra = ["ablate.id_encoder.heads=4"] if experiment == "ui_attention" else []
+    if model == "recgoat" or experiment == "with_user_llm":
+        extra += list(USER)
+    small = SMALL if model == "recgoat_mgcn" else SMALL[:3]
     torch.manual_seed(0)
-    model = build_model(tiny_synthetic, [f"+experiment={experiment}", *SMALL, *extra, f"paths.cache_dir={tmp_path}"])
+    model_choice = [] if experiment == "recgoat" else [f"model={model}"]   # +experiment=recgoat names its model
+    return build_model(dataset, [*model_choice, f"+experiment={experiment}", *small, *extra,
+                                 f"paths.cache_dir={tmp_path}"])
+
+
+@pytest.mark.parametrize("model,experiment", CASES, ids=[f"{m}+{e}" for m, e in CASES])
+def test_each_ablation_swaps_its_part_of_the_chosen_model_and_its_loss_term(tiny_synthetic, tmp_path, model,
+                                                                           experiment):
+    built = ablated(tiny_synthetic, tmp_path, model, experiment)
     removed, added = ABLATIONS[experiment]
-    has = {part for part, present in parts_of(model).items() if present}
-    assert has == (DEFAULT_PARTS - removed) | added
-    out = model.loss(first_batch(tiny_synthetic))
+    has = {part for part, present in parts_of(built).items() if present}
+    assert has == (PARTS[model] - removed) | added
+    out = built.loss(first_batch(tiny_synthetic))
     assert {t for part, t in LOSS_TERMS.items() if part in has} == set(out) & set(LOSS_TERMS.values())
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
+
+
+@pytest.mark.parametrize("model,experiment,part", [
+    *[("recgoat", e, p) for e, p in (("ablation_no_view_cl", "side_view.contrast"),
+                                     ("ablation_raw_gates", "side_view.gates"))],
+    ("recgoat_mgcn", "ablation_no_user_graph", "user_branch.encoder"),
+    ("lightgcn", "ablation_no_oat", "alignment.oat_map"),
+    ("mgcn", "ablation_no_gat", "modality_branches.encoder")])
+def test_ablating_a_part_the_model_does_not_have_fails_naming_the_part_and_the_model(tiny_synthetic, model,
+                                                                                     experiment, part):
+    with pytest.raises(ConfigError, match=rf"\+experiment={experiment} swaps model part '{part}', which "
+                                          rf"model={model} does not have"):
+        build_model(tiny_synthetic, [f"model={model}", f"+experiment={experiment}"])
+
+
+def test_ablating_a_part_that_is_off_fails(tiny_synthetic):
+    with pytest.raises(ConfigError, match=r"swaps model part 'alignment', which model=recgoat does not have \(it is "
+                                          r"off\)"):
+        build_model(tiny_synthetic, ["model=recgoat", "model.alignment=null", "+experiment=ablation_no_alignment"])
+
+
+def test_the_variant_without_graph_attention_is_the_published_mlp_on_the_same_features(tiny_synthetic, tmp_path):
+    model = ablated(tiny_synthetic, tmp_path, "recgoat", "ablation_no_gat").eval()
+    enc = model.modality_branches.encoders["text"]
+    x = model.modality_branches.x_text
+    with torch.no_grad():   # one layer after the projection: W_1 ELU(W_0 x + b_0) + b_1, no graph read
+        expected = enc.layers[0](torch.nn.functional.elu(enc.proj(x)))
+        torch.testing.assert_close(model.modality_branches()["text"], expected)
 
 
 @pytest.mark.parametrize("experiment", ["naive_fusion", "id_only"])
@@ -246,7 +345,7 @@ def test_dataset_without_item_features_is_a_clear_error(tiny_synthetic):
         build_model(d, ["model=recgoat"])
     with pytest.raises(DataError, match="user LM branch needs user features.*model.user_branch=null"):
         build_model(RecDataset("nouser", d.train, d.valid, d.test, item_features=tiny_synthetic.item_features),
-                    ["model=recgoat_spec"])
+                    ["model=recgoat"])
 
 
 def test_missing_modality_rows_error_or_documented_fallback(tiny_synthetic, tmp_path):
@@ -269,6 +368,10 @@ def test_an_experiment_trains_end_to_end_and_records_its_name(tmp_path, experime
     res = run_in_process(overrides, tmp_path)
     assert res["name"] == experiment and len(res["valid_history"]) == 2
     assert 0.0 < res["test"]["recall@20"] <= 1.0   # 20 of 100 items: a working ranking finds some
+    # the run's config is what trained: the swap applied, and what was swapped kept beside it
+    assert (res["config"]["model"]["alignment"] is None) == (experiment == "ablation_no_alignment")
+    assert res["config"]["ablate"] == ({"alignment": None} if experiment == "ablation_no_alignment" else None)
+    assert res["config"]["model"]["fusion"] is not None and res["config"]["model"]["side_view"] is None
 
 
 def test_authors_preset_composes(tmp_path):
@@ -276,6 +379,7 @@ def test_authors_preset_composes(tmp_path):
     cfg = compose_cfg(["+experiment=authors_baby"], tmp_path)
     assert cfg.model.embedding_dim == 800 and cfg.optimizer.lr == 8e-4 and cfg.datamodule.batch_size == 4096
     assert cfg.model._target_ == "recgoat.models.RecGOAT" and cfg.model.alignment.cmcl.weight == 0.032
+    assert cfg.model.side_view is None and cfg.model.fusion is not None   # the published method at d=800
 
 
 def test_a_state_dict_with_one_oat_map_correction_per_modality_loads_into_the_stacked_one(tiny_synthetic, tmp_path):

@@ -134,7 +134,7 @@ def fig_ablations(results: Path):
 
 
 def fig_method(results: Path):
-    """The method as specified (recgoat_spec) against the shipped default, same data and budget."""
+    """The published method (model=recgoat) against the MGCN-view variant (model=recgoat_mgcn) and LightGCN."""
     rows = read_csv(results / "spec_vs_default.csv")
     return _valid_test_figure(rows, [f"{r['model']} ({r['commit']})" for r in rows], "R@20 (mean ± std over seeds)")
 
@@ -180,8 +180,7 @@ def fig_cost(results: Path):
         xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(labels))]
         rows = {r["data"]: r for r in steps if (r["model"], r["code"]) == (m, code)}
         ratios = [_float(rows[d]["x MGCN"]) if d in rows else float("nan") for d in labels]
-        name = "recgoat, compiled solvers" if "compiled" in m else "recgoat"
-        bars = right.bar(xs, ratios, width, label=f"{name} @ {code}")
+        bars = right.bar(xs, ratios, width, label=f"{m} @ {code}")
         for bar, d in zip(bars, labels, strict=True):    # the op ratio over each bar
             if d in rows:
                 right.annotate(f"{_float(rows[d]['ops x MGCN']):.2f}", (bar.get_x() + width / 2, bar.get_height()),

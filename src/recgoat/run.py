@@ -30,10 +30,11 @@ from recgoat.training.resume import (
     refuse_other_run_dir,
     refuse_used_run_dir,
     resume_config,
+    saved_model_choice,
     truncate_metrics,
     write_resume_record,
 )
-from recgoat.utils.config import check_root_keys, check_targets, conf_dir, typed
+from recgoat.utils.config import apply_part_swaps, check_root_keys, check_targets, conf_dir, typed
 
 log = logging.getLogger("recgoat")
 
@@ -72,10 +73,13 @@ def check_run(cfg: DictConfig, evaluator, model) -> None:
 
 
 @task_wrapper
-def train(cfg: DictConfig, output_dir: str | Path | None = None, resume_overrides: list[str] = ()) -> dict:
+def train(cfg: DictConfig, output_dir: str | Path | None = None, resume_overrides: list[str] = (),
+          model_name: str | None = None) -> dict:
     """Run one experiment from a composed config; returns the results dict written to results.json.
-    ``resume_overrides``: the command line of a resume, recorded in the run folder once the resume is accepted."""
+    ``resume_overrides``: the command line of a resume, recorded in the run folder once the resume is accepted.
+    ``model_name``: the model group's choice (``recgoat``, ``recgoat_mgcn``, ...), for messages and the results."""
     output_dir = Path(output_dir or HydraConfig.get().runtime.output_dir)
+    apply_part_swaps(cfg, model_name)
     check_targets(cfg)
     check_root_keys(cfg)
     for key, kind in (("seed", int), ("optimizer.lr", float), ("datamodule.batch_size", int)):
@@ -103,6 +107,7 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, resume_override
         truncate_metrics(output_dir / "csv" / "metrics.csv", check_resume_data(cfg.ckpt_path, dataset))
         write_resume_record(output_dir, cfg, resume_overrides)
     model = instantiate(cfg.model)(dataset=dataset)
+    log.info("model=%s (%s)", model_name or "?", type(model).__name__)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     evaluator = instantiate(cfg.evaluation)(train=dataset.train)
     check_run(cfg, evaluator, model)
@@ -112,7 +117,7 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, resume_override
 
     timings = Timings()
     summary = RunSummary(output_dir, timings, run_config=resolved, dataset=dataset, model=model, load_s=load_s,
-                         test=cfg.test)
+                         test=cfg.test, model_name=model_name)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[*instantiate_group(cfg.get("callbacks")), timings,
                                                               summary],
                                       logger=instantiate_group(cfg.get("logger")) or False)
@@ -131,8 +136,9 @@ def main(cfg: DictConfig) -> float:
     if cfg.get("resume") is not None:
         refuse_other_run_dir(list(HydraConfig.get().overrides.hydra))
         cfg = resume_config(cfg, overrides)
-        return train(cfg, resume_overrides=overrides)["valid"][cfg.monitor]
-    return train(cfg)["valid"][cfg.monitor]  # what sweepers (e.g. Optuna) optimise
+        return train(cfg, resume_overrides=overrides, model_name=saved_model_choice(cfg.resume))["valid"][cfg.monitor]
+    model_name = HydraConfig.get().runtime.choices.get("model")
+    return train(cfg, model_name=model_name)["valid"][cfg.monitor]  # what sweepers (e.g. Optuna) optimise
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ def run_one(overrides: list[str], out: Path) -> dict:
     """``recgoat.run <overrides>`` in this process, into ``out``; its log and printed table go to
     ``out/run.log`` (warnings too). Returns its results with the wall and CPU seconds it took."""
     from recgoat.run import train
-    from recgoat.utils.config import compose
+    from recgoat.utils.config import compose, model_choice
 
     out.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(out / "run.log")
@@ -152,7 +152,7 @@ def run_one(overrides: list[str], out: Path) -> dict:
     wall0, cpu0 = time.perf_counter(), time.process_time()
     try:
         with open(out / "run.log", "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-            results = train(compose(overrides), output_dir=out)
+            results = train(compose(overrides), output_dir=out, model_name=model_choice(overrides))
     finally:
         quiet[0].removeHandler(handler)
         handler.close()
@@ -165,9 +165,11 @@ def expected_hash(overrides: list[str]) -> str:
     """The config hash a run started with ``overrides`` records (see ``recgoat.utils.provenance``)."""
     from omegaconf import OmegaConf
 
-    from recgoat.utils.config import compose
+    from recgoat.utils.config import apply_part_swaps, compose, model_choice
     from recgoat.utils.provenance import config_hash
-    return config_hash(OmegaConf.to_container(compose(overrides), resolve=True))
+    cfg = compose(overrides)
+    apply_part_swaps(cfg, model_choice(overrides))
+    return config_hash(OmegaConf.to_container(cfg, resolve=True))
 
 
 def check_reused(plan: Plan, path: Path, results: dict, overrides: list[str]) -> None:

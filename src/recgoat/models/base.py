@@ -8,6 +8,7 @@ A recommender is a plain ``nn.Module`` (no Lightning inside) built from a :class
   returns an object that scores any users against any slice of items for full ranking.
 - ``score_pairs(users, items)``: the score the loss uses for given (user, item) pairs, so tests
   can check that ranking and training agree.
+- ``logged_values() -> dict``: learned scalars to follow during training (never loss terms); default none.
 """
 from __future__ import annotations
 
@@ -85,6 +86,10 @@ class Recommender(nn.Module, abc.ABC):
 
     def on_train_epoch_start(self, epoch: int) -> None:
         """Hook for per-epoch work such as re-sampling a graph; default: nothing."""
+
+    def logged_values(self) -> dict[str, Tensor]:
+        """Learned scalars the logger follows (a fusion's weights), ``{name: 0-d tensor}``; default: none."""
+        return {}
 
 
 class ContentSideRecommender(Recommender):

@@ -77,12 +77,11 @@ class FREEDOM(Recommender):
 
     def forward(self) -> tuple[Tensor, Tensor]:
         """Final (user [n_users, d], item [n_items, d]) representations; the pruned graph while training."""
-        device = self.item_emb.device
         h = self.item_emb
         for _ in range(self.n_mm_layers):
             h = self.item_graph(h)
         adj = self.pruned_adj if self.training else self.full_adj
-        out = self.propagate(torch.cat([self.user_emb, self.item_emb]), adj.matrix(device))
+        out = self.propagate(torch.cat([self.user_emb, self.item_emb]), adj)
         return out[: self.n_users], out[self.n_users:] + h
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

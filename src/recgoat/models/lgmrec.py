@@ -84,9 +84,8 @@ class LGMRec(Recommender):
 
     def representations(self) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
         """``z`` ``[n_users + n_items, d]`` and the hypergraph embeddings ``{m: (users, items)}``."""
-        device = self.item_emb.device
-        adj = self.adj.matrix(device)
-        cge = self.propagate(torch.cat([self.user_emb, self.item_emb]), adj)
+        adj = self.adj.matrix(self.item_emb.device)
+        cge = self.propagate(torch.cat([self.user_emb, self.item_emb]), self.adj)
         cge_items = cge[self.n_users:]
         local, hyper = cge, {}
         for m in self.modalities:

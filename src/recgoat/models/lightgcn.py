@@ -41,7 +41,7 @@ class LightGCN(Recommender):
 
     def forward(self) -> tuple[Tensor, Tensor]:
         """Final (user [n_users, d], item [n_items, d]) embeddings."""
-        out = self.propagate(torch.cat([self.user_emb, self.item_ego()]), self.adj.matrix(self.user_emb.device))
+        out = self.propagate(torch.cat([self.user_emb, self.item_ego()]), self.adj)
         return out[: self.n_users], out[self.n_users:]
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

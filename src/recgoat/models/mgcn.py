@@ -67,8 +67,7 @@ class MGCN(ContentSideRecommender):
 
     def views(self) -> tuple[Tensor, Tensor]:
         """``(E^ui, E^side)``, each ``[n_users + n_items, d]`` (users first)."""
-        device = self.item_emb.device
-        content = self.propagate(torch.cat([self.user_emb, self.item_emb]), self.adj.matrix(device))
+        content = self.propagate(torch.cat([self.user_emb, self.item_emb]), self.adj)
         return content, self.side_view(self.item_emb, content)
 
     def view_contrast(self) -> ViewContrast:

@@ -25,12 +25,12 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from recgoat.data import DataError, RecDataset
-from recgoat.graphs import bipartite_adjacency, normalized_bipartite_adjacency
+from recgoat.graphs import normalized_bipartite_adjacency
 from recgoat.graphs.csr import DeviceCSR
 from recgoat.graphs.knn import KNNGraphs, KNNSearch
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
 from recgoat.models.inputs import fill_missing_rows, item_modalities
-from recgoat.nn import AttentionPropagation, bpr_loss, check_backend, embedding_norm_penalty
+from recgoat.nn import bpr_loss, check_backend, embedding_norm_penalty
 
 
 class RecGOAT(Recommender):
@@ -45,8 +45,8 @@ class RecGOAT(Recommender):
         backend: ``pyg`` or ``dgl``, checked at start-up (the parts name theirs).
         knn_search: how every kNN graph finds its neighbours (:class:`ExactKNN`, :class:`IVFKNN`).
         cache_dir: where built kNN graphs are cached (``None``: no cache).
-        id_encoder: the ID branch's propagation over ``G_ui``: LightGCN's (given the normalised adjacency) or an
-            :class:`AttentionPropagation` (given the graph's edges).
+        id_encoder: the ID branch's propagation ``(x, graph)`` over ``G_ui``, given as the normalised adjacency
+            (:class:`LightGCNPropagation` multiplies by it, :class:`AttentionPropagation` reads its edges).
         side_view: ``(features, dim, r_hat, knn) -> SideView``, the ID branch's item-item side view with its
             contrastive term (MGCN's), its gates reading the aligned modalities; or ``None``.
         modality_branches: ``(features, dim, knn) -> ModalityBranches``.
@@ -54,7 +54,12 @@ class RecGOAT(Recommender):
         fusion: ``(names, dim) -> AdaptiveFusion``, or ``None``: the item is the ID branch's (the modalities then
             reach the score only through the side view's gates).
         user_branch: ``(features, dim, knn) -> UserLMBranch``, or ``None``.
+
+    Every part is a :class:`~recgoat.nn.Part`: the loss is BPR, the ego-embedding penalty and the sum of what the
+    present parts report (:meth:`~recgoat.nn.Part.loss_terms`); their logged scalars go to the logger.
     """
+
+    PARTS = ("user_branch", "id_encoder", "modality_branches", "alignment", "side_view", "fusion")  # forward order
 
     def __init__(self, dataset: RecDataset, *, embedding_dim: int, reg_weight: float, modalities: list[str] | None,
                  missing_features: str, backend: str, knn_search: KNNSearch, cache_dir: str | None,
@@ -71,8 +76,7 @@ class RecGOAT(Recommender):
         self.item_emb = id_embedding(self.n_items, d)
         self.id_encoder = id_encoder
         ui_adj = normalized_bipartite_adjacency(dataset.train)
-        attention = isinstance(id_encoder, AttentionPropagation)  # it reads the graph's edges, LightGCN multiplies
-        self.ui_graph = DeviceCSR(bipartite_adjacency(dataset.train) if attention else ui_adj)
+        self.ui_graph = DeviceCSR(ui_adj)
         self.modality_branches = modality_branches(features=features, dim=d, knn=knn)
         self.side_view = None
         if side_view is not None:  # R^ = D_u^-1/2 R D_i^-1/2, the user-item block of the normalised adjacency
@@ -97,9 +101,7 @@ class RecGOAT(Recommender):
             with record_function("recgoat.user_branch"):
                 users0 = users0 + self.user_branch()
         with record_function("recgoat.id_branch"):
-            graph = self.ui_graph if isinstance(self.id_encoder, AttentionPropagation) else \
-                self.ui_graph.matrix(users0.device)
-            ui = self.id_encoder(torch.cat([users0, self.item_emb]), graph)
+            ui = self.id_encoder(torch.cat([users0, self.item_emb]), self.ui_graph)
         users, item_id = ui[: self.n_users], ui[self.n_users:]
         with record_function("recgoat.item_branches"):
             modal = self.modality_branches()
@@ -118,20 +120,16 @@ class RecGOAT(Recommender):
                 "views": views}
 
     # ---- the model API --------------------------------------------------------------------
+    def parts(self) -> Iterator[nn.Module]:
+        """The parts present (not ``None``), in :attr:`PARTS`' order."""
+        return (part for part in (getattr(self, name) for name in self.PARTS) if part is not None)
+
     def loss_terms(self, batch: dict[str, Tensor], reps: dict) -> Iterator[tuple[str, float, Tensor]]:
         """``(name, weight, unweighted value)`` of every term besides BPR, each computed as it is taken."""
         yield "reg", self.reg_weight, embedding_norm_penalty(self.user_emb[batch["user"]], self.item_emb[batch["pos"]],
                                                              self.item_emb[batch["neg"]])
-        if self.alignment is not None:
-            b = torch.unique(batch["pos"])
-            item_id = reps["item_id"][b]
-            fused = item_id if reps["item"] is reps["item_id"] else reps["item"][b]     # no fusion: the same rows
-            yield from self.alignment.loss_terms(reps["aligned_stacked"][:, b], fused, item_id)
-        if self.side_view is not None and self.side_view.contrast is not None:
-            (ui_users, ui_items), (side_users, side_items) = reps["views"]["ui"], reps["views"]["side"]
-            u, i = batch["user"], batch["pos"]
-            yield "view_cl", self.side_view.contrast.weight, self.side_view.contrast(
-                side_items[i], ui_items[i], side_users[u], ui_users[u])
+        for part in self.parts():
+            yield from part.loss_terms(batch, reps)
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         reps = self.representations()
@@ -143,12 +141,10 @@ class RecGOAT(Recommender):
             out[name] = value
             loss = loss + weight * value
         out["loss"] = loss
-        if self.fusion is not None:
-            out.update({f"fusion_w_{name}": w.detach() for name, w in zip(self.fusion.names, self.fusion.weights,
-                                                                          strict=True)})
-        if self.user_branch is not None:
-            out["user_llm_w"] = self.user_branch.weight.detach()
         return out
+
+    def logged_values(self) -> dict[str, Tensor]:
+        return {name: value for part in self.parts() for name, value in part.logged_values().items()}
 
     @torch.no_grad()
     def scorer(self) -> Scorer:

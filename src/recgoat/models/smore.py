@@ -147,7 +147,7 @@ class SMORE(ContentSideRecommender):
         denoised, fused = self.spectrum({m: self.projections[m](x) for m, x in self.features.items()})
         filtered = {**denoised, "fusion": fused}
         side = {v: self._item_item_view(self.item_emb * self.purifiers[v](x), v) for v, x in filtered.items()}
-        content = self.propagate(torch.cat([self.user_emb, self.item_emb]), self.adj.matrix(self.item_emb.device))
+        content = self.propagate(torch.cat([self.user_emb, self.item_emb]), self.adj)
         parts = [self.dropout(self.preferences[m](content)) * F.softmax(self.queries[m](side["fusion"]), dim=-1)
                  * side[m] for m in self.modalities]
         parts.append(self.dropout(self.preferences["fusion"](content)) * side["fusion"])

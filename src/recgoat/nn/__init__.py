@@ -5,15 +5,17 @@ from recgoat.nn.branches import ModalityBranches, UserLMBranch
 from recgoat.nn.cmcl import CMCL, cmcl_loss, info_nce
 from recgoat.nn.fused_gat import FusedGATConv, edge_dropout
 from recgoat.nn.fusion import AdaptiveFusion
-from recgoat.nn.gat import AttentionPropagation, GraphAttentionEncoder
+from recgoat.nn.gat import AttentionPropagation, GraphAttentionEncoder, MLPEncoder
 from recgoat.nn.lightgcn import LightGCNPropagation
 from recgoat.nn.losses import bpr_loss, embedding_norm_penalty
 from recgoat.nn.oat import AdaptiveTransportMap, DimensionTransport, SinkhornW1, dimension_cost
+from recgoat.nn.part import Part
 from recgoat.nn.side_view import FeatureGates, SideView, ViewContrast, feature_tables
 from recgoat.nn.sparse import SparseOperator, spmm, to_torch_csr
 
 __all__ = ["BACKENDS", "CMCL", "AdaptiveFusion", "AdaptiveTransportMap", "Alignment", "AttentionPropagation",
            "BackendUnavailable", "DimensionTransport", "FeatureGates", "FusedGATConv", "GraphAttentionEncoder",
-           "LightGCNPropagation", "ModalityBranches", "SideView", "SinkhornW1", "SparseOperator", "UserLMBranch",
+           "LightGCNPropagation", "MLPEncoder", "ModalityBranches", "Part", "SideView", "SinkhornW1",
+           "SparseOperator", "UserLMBranch",
            "ViewContrast", "bpr_loss", "check_backend", "cmcl_loss", "dimension_cost", "edge_dropout",
            "embedding_norm_penalty", "feature_tables", "info_nce", "lightgcn_propagation", "spmm", "to_torch_csr"]

@@ -5,14 +5,15 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.profiler import record_function
 
 from recgoat.nn.cmcl import CMCL
 from recgoat.nn.oat import AdaptiveTransportMap, DimensionTransport, SinkhornW1
+from recgoat.nn.part import Part
 
 
-class Alignment(nn.Module):
+class Alignment(Part):
     r"""Maps each modality towards the ID space (OAT map) and gives the alignment terms of the loss:
 
     .. math::
@@ -35,8 +36,9 @@ class Alignment(nn.Module):
             branches only, never the collaborative space (design option; method.md: both sides move).
 
     Shapes: :meth:`forward` ``[M, n_items, d]`` (the modalities stacked in ``modalities``' order),
-    ``[n_items, d]`` -> ``[M, n_items, d]``; :meth:`loss_terms` ``[M, B, d]``, ``[B, d]``, ``[B, d]`` ->
-    ``(name, weight, scalar)`` per term.
+    ``[n_items, d]`` -> ``[M, n_items, d]``; :meth:`loss_terms` reads the batch's positive items of
+    ``reps["aligned_stacked"]`` ``[M, n_items, d]``, ``reps["item"]`` (the scored item) and ``reps["item_id"]``
+    ``[n_items, d]``, and gives ``(name, weight, scalar)`` per term.
     """
 
     def __init__(self, modalities: list[str], dim: int, *, cmcl: CMCL | None, oat_map: DimensionTransport | None,
@@ -58,22 +60,20 @@ class Alignment(nn.Module):
     def forward(self, modal: Tensor, item_id: Tensor) -> Tensor:
         if self.oat_map is None:
             return modal
-        with record_function("recgoat.oat_map"):  # every modality's plan in one batched solve
-            return self.oat_map(modal, self.transport.plan(modal, item_id, key=self.modalities))
+        with record_function("recgoat.oat_map"):  # every modality's plan in one batched solve; training steps
+            # carry the potentials to the next step, evaluations only read them (the same scores every time)
+            plan = self.transport.plan(modal, item_id, key=self.modalities, keep=self.training)
+            return self.oat_map(modal, plan)
 
-    def loss_terms(self, aligned: Tensor, fused: Tensor, item_id: Tensor) -> Iterator[tuple[str, float, Tensor]]:
-        """``(name, weight, unweighted value)`` of each alignment term, computed as it is taken. ``fused`` may be
-        ``item_id`` itself (no fusion): its unit vectors are then made once."""
-        # both terms compare unit vectors: each input is normalised once, here, for both
-        same = fused is item_id
+    def loss_terms(self, batch: dict[str, Tensor], reps: dict) -> Iterator[tuple[str, float, Tensor]]:
+        b = torch.unique(batch["pos"])
+        aligned, fused, item_id = reps["aligned_stacked"][:, b], reps["item"][b], reps["item_id"][b]
         if self.detach_targets:
             fused, item_id = fused.detach(), item_id.detach()
-        aligned = F.normalize(aligned, dim=-1)
+        aligned = F.normalize(aligned, dim=-1)  # both terms compare unit vectors
         if self.cmcl is not None:
-            fused = F.normalize(fused, dim=-1)
-            yield "cmcl", self.cmcl.weight, self.cmcl(aligned, fused, unit=True)
+            yield "cmcl", self.cmcl.weight, self.cmcl(aligned, F.normalize(fused, dim=-1), unit=True)
         if self.oat_w1 is not None:
-            item_id = fused if same and self.cmcl is not None else F.normalize(item_id, dim=-1)
             with record_function("recgoat.oat_w1"):
-                w1 = self.oat_w1(aligned, item_id, unit=True)
+                w1 = self.oat_w1(aligned, F.normalize(item_id, dim=-1), unit=True)
             yield "oat_w1", self.oat_w1.weight, w1

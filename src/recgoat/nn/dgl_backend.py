@@ -108,9 +108,9 @@ class DGLLightGCNPropagation(LightGCNPropagation):
             self._dgl_graph = (adj, adj.device, g, values)
         return self._dgl_graph[2], self._dgl_graph[3]
 
-    def forward(self, x: Tensor, adj: Tensor) -> Tensor:
-        # x: [n_nodes, d], adj: sparse CSR [n_nodes, n_nodes] -> [n_nodes, d]
-        g, weights = self.dgl_graph(adj)
+    def forward(self, x: Tensor, graph: DeviceCSR) -> Tensor:
+        # x: [n_nodes, d], graph: the normalised adjacency -> [n_nodes, d]
+        g, weights = self.dgl_graph(graph.matrix(x.device))
         out = h = x
         for _ in range(self.n_layers):
             h = self.conv(g, h, edge_weight=weights)

@@ -5,8 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recgoat.nn.part import Part
 
-class AdaptiveFusion(nn.Module):
+
+class AdaptiveFusion(Part):
     r"""The method's fusion, with learned, unconstrained scalar weights:
 
     .. math::
@@ -26,7 +28,7 @@ class AdaptiveFusion(nn.Module):
             its gain), so with ``normalize=False`` the item norm still carries no popularity (design option).
 
     Shapes:
-        input: ``{name: [n, d]}`` for every name; output ``[n, d]``.
+        input: ``{name: [n, d]}`` for every name; output ``[n, d]``. Logs each weight as ``fusion_w_<name>``.
     """
 
     def __init__(self, names: list[str], dim: int, *, init: dict[str, float], default_init: float, dropout: float,
@@ -44,6 +46,9 @@ class AdaptiveFusion(nn.Module):
         stacked = torch.stack([parts[n] for n in self.names])            # [M+1, n, d]
         fused = F.dropout(self.norm((self.weights[:, None, None] * stacked).sum(0)), self.dropout, self.training)
         return F.normalize(fused, dim=-1) if self.normalize else fused
+
+    def logged_values(self) -> dict[str, Tensor]:
+        return {f"fusion_w_{name}": w for name, w in zip(self.names, self.weights.detach(), strict=True)}
 
     def extra_repr(self) -> str:
         return f"names={self.names}, dropout={self.dropout}, normalize={self.normalize}"

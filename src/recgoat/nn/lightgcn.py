@@ -1,12 +1,14 @@
 """LightGCN propagation."""
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
+from recgoat.graphs.csr import DeviceCSR
+from recgoat.nn.part import Part
 from recgoat.nn.sparse import spmm
 
 
-class LightGCNPropagation(nn.Module):
+class LightGCNPropagation(Part):
     r"""Parameter-free propagation over a normalised graph, averaged over layers (He et al., 2020):
 
     .. math::
@@ -16,6 +18,8 @@ class LightGCNPropagation(nn.Module):
 
     Args:
         n_layers: L.
+
+    Shapes: ``x`` ``[n_nodes, d]``, ``graph`` a :class:`DeviceCSR` of :math:`\hat{A}` -> ``[n_nodes, d]``.
     """
 
     def __init__(self, n_layers: int):
@@ -24,8 +28,8 @@ class LightGCNPropagation(nn.Module):
             raise ValueError(f"n_layers must be >= 0, got {n_layers}")
         self.n_layers = n_layers
 
-    def forward(self, x: Tensor, adj: Tensor) -> Tensor:
-        # x: [n_nodes, d], adj: sparse [n_nodes, n_nodes] -> [n_nodes, d]
+    def forward(self, x: Tensor, graph: DeviceCSR) -> Tensor:
+        adj = graph.matrix(x.device)
         out = x
         h = x
         for _ in range(self.n_layers):

@@ -164,10 +164,11 @@ class DimensionTransport(nn.Module):
         return self._to_plan(kb, p, q), p, q
 
     @torch.no_grad()
-    def plan(self, zm: Tensor, zid: Tensor, key: object = None) -> Tensor:
+    def plan(self, zm: Tensor, zid: Tensor, key: object = None, keep: bool = True) -> Tensor:
         """The doubly-stochastic map ``d T*`` of ``zm`` ``[n, d_m]`` (or of each of ``[M, n, d_m]``) to ``zid``
         ``[n, d_id]``. ``key`` names the problem (e.g. the modality, or the tuple of a batch's modalities) whose
-        potentials warm-start the next call."""
+        potentials warm-start the next call; ``keep=False`` reads them without replacing them (an evaluation, so
+        that scoring a model twice, or from its checkpoint, gives the same plan)."""
         single = zm.dim() == 2
         zm, zid = (zm[None] if single else zm).detach().double(), zid.detach().double()
         batch_shape = zm.shape[:1] + zm.shape[2:] + (1,)                           # P's: [M, d_m, 1]
@@ -175,7 +176,8 @@ class DimensionTransport(nn.Module):
         if cached is not None and cached[0].shape == batch_shape and cached[0].device == zm.device:
             plan, p, q = self.warm_plan(zm, zid, *cached)
             self.last_iters = self.warm_iters
-            self._potentials[key] = (p, q)
+            if keep:
+                self._potentials[key] = (p, q)
             return plan[0] if single else plan
         cost, self._norm = self._scaled_cost(zm, zid)
         self._n = zm.shape[1]                                              # self._cost reads _n and _norm
@@ -193,7 +195,7 @@ class DimensionTransport(nn.Module):
             self.last_iters += n
             if (q_next - q).exp().sub(1).abs().max() < self.tol:
                 break
-        if key is not None:
+        if key is not None and keep:
             self._potentials[key] = (p, q)
         plan = self._to_plan(kb, p, q)
         return plan[0] if single else plan

@@ -1,6 +1,8 @@
 """MGCN's side view of the ID embeddings (Yu et al., ACM MM 2023), shared by MGCN and RecGOAT's ID branch."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -8,6 +10,7 @@ from torch import Tensor, nn
 
 from recgoat.graphs.knn import KNNGraphs
 from recgoat.nn.cmcl import info_nce
+from recgoat.nn.part import Part
 from recgoat.nn.sparse import SparseOperator
 
 
@@ -67,7 +70,7 @@ class ViewContrast(nn.Module):
         return f"weight={self.weight}, tau={self.tau}"
 
 
-class SideView(nn.Module):
+class SideView(Part):
     r"""MGCN's side view: content-gated ID embeddings over each modality's item kNN graph, users from their items,
     mixed by attention and by the user-item view's preference gates.
 
@@ -93,7 +96,8 @@ class SideView(nn.Module):
         contrast: the :class:`ViewContrast` term between this view and the user-item view, or ``None``.
 
     Shapes: ``item_emb`` ``[n_items, d]``, ``content`` ``[n_users + n_items, d]`` (the user-item view, users first),
-    ``given`` ``{m: [n_items, d]}`` -> ``[n_users + n_items, d]``.
+    ``given`` ``{m: [n_items, d]}`` -> ``[n_users + n_items, d]``. In a composed model its loss term (``view_cl``)
+    reads ``reps["views"]``: ``{"ui": (users, items), "side": (users, items)}``.
     """
 
     def __init__(self, features: dict[str, np.ndarray], dim: int, r_hat: sp.spmatrix, knn: KNNGraphs, *, knn_k: int,
@@ -107,6 +111,12 @@ class SideView(nn.Module):
         self.item_graphs = {m: SparseOperator(knn.normalized(x, knn_k, weighted=True)) for m, x in features.items()}
         self.r_hat = SparseOperator(r_hat)
         self.contrast = contrast
+
+    def loss_terms(self, batch: dict[str, Tensor], reps: dict) -> Iterator[tuple[str, float, Tensor]]:
+        if self.contrast is not None:
+            (ui_users, ui_items), (side_users, side_items) = reps["views"]["ui"], reps["views"]["side"]
+            u, i = batch["user"], batch["pos"]
+            yield "view_cl", self.contrast.weight, self.contrast(side_items[i], ui_items[i], side_users[u], ui_users[u])
 
     def forward(self, item_emb: Tensor, content: Tensor, given: dict[str, Tensor] | None = None) -> Tensor:
         gate_inputs = self.gates() if self.gates is not None else given

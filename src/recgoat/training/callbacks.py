@@ -113,6 +113,7 @@ class EpochSummary(pl.Callback):
         m = trainer.callback_metrics
         parts = [f"epoch {trainer.current_epoch:4d}"]
         parts += [f"{k.split('/', 1)[1]} {float(v):.4f}" for k, v in m.items() if k.startswith("train/")]
+        parts += [f"{k.split('/', 1)[1]} {float(v):.4f}" for k, v in m.items() if k.startswith("param/")]
         if self.monitor in m:
             value = float(m[self.monitor])
             if value > self.best:
@@ -137,14 +138,16 @@ class RunSummary(pl.Callback):
         model: the recommender (its class and parameter count).
         load_s: seconds spent loading the data.
         test: whether the run scores the test split (then the results are built after it).
+        model_name: the model group's choice (``recgoat``, ``recgoat_mgcn``, ...), or ``None`` where unknown.
     """
 
     def __init__(self, output_dir: str | Path, timings: Timings, *, run_config: dict, dataset, model, load_s: float,
-                 test: bool):
+                 test: bool, model_name: str | None):
         self.output_dir = Path(output_dir)
         self.timings = timings
         self.test = test
-        self.info = {"name": run_config.get("name"), "model": type(model).__name__, "dataset": dataset.stats(),
+        self.info = {"name": run_config.get("name"), "model": type(model).__name__, "model_config": model_name,
+                     "dataset": dataset.stats(),
                      "seed": run_config["seed"], "monitor": run_config["monitor"],
                      "n_parameters": sum(p.numel() for p in model.parameters()),
                      "provenance": provenance(run_config, dataset.fingerprint()), "config": run_config,
@@ -184,7 +187,7 @@ class RunSummary(pl.Callback):
         valid.pop("epoch", None)
         best_path = trainer.checkpoint_callback.best_model_path if trained and trainer.checkpoint_callback else None
         self.results = {
-            **{k: self.info[k] for k in ("name", "model", "dataset", "seed")},
+            **{k: self.info[k] for k in ("name", "model", "model_config", "dataset", "seed")},
             "best_epoch": best_epoch, "best_checkpoint": best_path or None,
             "valid": valid, "test": test, "valid_history": history,
             "n_parameters": self.info["n_parameters"],
@@ -201,7 +204,9 @@ class RunSummary(pl.Callback):
                              data=[[k, valid[k], test[k]] for k in test])
         if trainer.is_global_zero:
             write_json_atomic(self.output_dir / "results.json", self.results)
-            title = (f"{self.results['model']} on {self.results['dataset']['name']}: metrics at the best valid epoch "
+            label = f"model={model_name}" if (model_name := self.info["model_config"]) else self.results["model"]
+            title = (f"{label}{' ' + self.info['name'] if self.info['name'] else ''} on "
+                     f"{self.results['dataset']['name']}: metrics at the best valid epoch "
                      f"({best_epoch if best_epoch is not None else 'untrained'}), seed {self.results['seed']}"
                      + ("" if test is not None else " (valid only: test=false)"))
             print("\n" + metrics_table(dict(splits), title=title))

@@ -59,6 +59,8 @@ class RecModule(pl.LightningModule):
             if isinstance(value, Tensor) and value.numel() == 1:
                 self.log(f"train/{name}", value.detach().float(), on_step=False, on_epoch=True,
                          prog_bar=name == "loss", batch_size=n)
+        for name, value in self.model.logged_values().items():  # learned scalars: followed, not optimised
+            self.log(f"param/{name}", value.detach().float(), on_step=False, on_epoch=True, batch_size=n)
         return out["loss"]
 
     def configure_optimizers(self):

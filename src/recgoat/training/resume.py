@@ -79,6 +79,14 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     return saved
 
 
+def saved_model_choice(run_dir: str | Path) -> str | None:
+    """The model group's choice the run in ``run_dir`` was started with (its ``.hydra/hydra.yaml``), if recorded."""
+    hydra_yaml = Path(run_dir) / ".hydra" / "hydra.yaml"
+    if not hydra_yaml.is_file():
+        return None
+    return OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.choices.model")
+
+
 def check_resume_data(ckpt_path: str | Path, dataset) -> int:
     """The epoch of the checkpoint, after checking that it is readable and that ``dataset`` is the data it was
     trained on (the one read of the checkpoint before Lightning restores it)."""

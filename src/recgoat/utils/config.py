@@ -65,8 +65,58 @@ def build_model(dataset, overrides: list[str] | tuple[str, ...] = ()):
     from hydra.utils import instantiate
 
     cfg = compose(overrides)
+    apply_part_swaps(cfg, model_choice(overrides))
     check_targets(cfg)
     return instantiate(cfg.model)(dataset=dataset)
+
+
+def model_choice(overrides: list[str] | tuple[str, ...]) -> str:
+    """The model group's choice of a ``recgoat.run`` command line (the last ``model=``; the root config's default
+    when none is given)."""
+    given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "model"]
+    if given:
+        return given[-1]
+    defaults = OmegaConf.load(conf_dir() / "config.yaml").defaults
+    return next(d["model"] for d in defaults if isinstance(d, DictConfig) and "model" in d)
+
+
+def apply_part_swaps(cfg: DictConfig, model_name: str | None = None) -> None:
+    """Applies ``cfg.ablate`` (what an experiment such as ``+experiment=ablation_no_oat`` sets) to ``cfg.model`` in
+    place: each leaf of ``ablate`` names a part of the model by its path and gives ``null`` (the part is removed) or a
+    node with a ``_target_`` (the part is replaced). So an ablation applies to whichever model was chosen. A part that
+    the model does not have (its path is missing, or a part to remove is already off) fails here, naming the
+    experiment, the part and the model, before any work. ``cfg.ablate`` stays as the record of what was swapped;
+    interpolations in a replacement are resolved against the model before the swap."""
+    swaps = cfg.get("ablate")
+    if not swaps:
+        return
+    who = f"+experiment={cfg.get('name')}" if cfg.get("name") else "ablate"
+    model = f"model={model_name}" if model_name else f"the model ({cfg.model.get('_target_')})"
+    leaves: list[tuple[str, object]] = []
+
+    def walk(node, path: str) -> None:
+        for key, value in node.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if value is None or (isinstance(value, DictConfig) and "_target_" in value):
+                leaves.append((sub, value))
+            elif isinstance(value, DictConfig):
+                walk(value, sub)
+            else:
+                raise ConfigError(f"{who}: ablate.{sub}={value!r}: a part is swapped for null (removed) or for a node "
+                                  f"with a _target_ (replaced)")
+
+    walk(swaps, "")
+    resolved = []
+    for path, value in leaves:
+        parent_path, _, key = path.rpartition(".")
+        parent = OmegaConf.select(cfg.model, parent_path) if parent_path else cfg.model
+        if not isinstance(parent, DictConfig) or key not in parent or (value is None and parent[key] is None):
+            state = "is off" if isinstance(parent, DictConfig) and key in parent else "is not one of its parts"
+            raise ConfigError(f"{who} swaps model part '{path}', which {model} does not have (it {state}); "
+                              f"choose a model with that part (its yaml in conf/model/)")
+        resolved.append((path, None if value is None else OmegaConf.to_container(value, resolve=True)))
+    for path, value in resolved:
+        OmegaConf.update(cfg.model, path, value, merge=False, force_add=True)
 
 
 def check_targets(cfg: DictConfig) -> None:
