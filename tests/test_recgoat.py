@@ -309,6 +309,15 @@ def test_ablating_a_part_the_model_does_not_have_fails_naming_the_part_and_the_m
         build_model(tiny_synthetic, [f"model={model}", f"+experiment={experiment}"])
 
 
+@pytest.mark.parametrize("experiment,own", [("naive_fusion", "naive_fusion"), ("id_only", "lightgcn")])
+def test_an_experiment_that_trains_its_own_model_refuses_another_model(tiny_synthetic, experiment, own):
+    with pytest.raises(ConfigError, match=rf"\+experiment={experiment} trains model={own}, and model=recgoat_mgcn "
+                                          r"was given with it"):
+        build_model(tiny_synthetic, ["model=recgoat_mgcn", f"+experiment={experiment}"])
+    assert type(build_model(tiny_synthetic, [f"model={own}", f"+experiment={experiment}"])).__name__ == \
+        {"naive_fusion": "NaiveFusion", "lightgcn": "LightGCN"}[own]
+
+
 def test_ablating_a_part_that_is_off_fails(tiny_synthetic):
     with pytest.raises(ConfigError, match=r"swaps model part 'alignment', which model=recgoat does not have \(it is "
                                           r"off\)"):

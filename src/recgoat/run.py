@@ -34,7 +34,7 @@ from recgoat.training.resume import (
     truncate_metrics,
     write_resume_record,
 )
-from recgoat.utils.config import apply_part_swaps, check_root_keys, check_targets, conf_dir, typed
+from recgoat.utils.config import apply_experiment, check_root_keys, check_targets, conf_dir, typed
 
 log = logging.getLogger("recgoat")
 
@@ -79,7 +79,7 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, resume_override
     ``resume_overrides``: the command line of a resume, recorded in the run folder once the resume is accepted.
     ``model_name``: the model group's choice (``recgoat``, ``recgoat_mgcn``, ...), for messages and the results."""
     output_dir = Path(output_dir or HydraConfig.get().runtime.output_dir)
-    apply_part_swaps(cfg, model_name)
+    apply_experiment(cfg, model_name)
     check_targets(cfg)
     check_root_keys(cfg)
     for key, kind in (("seed", int), ("optimizer.lr", float), ("datamodule.batch_size", int)):

@@ -165,10 +165,10 @@ def expected_hash(overrides: list[str]) -> str:
     """The config hash a run started with ``overrides`` records (see ``recgoat.utils.provenance``)."""
     from omegaconf import OmegaConf
 
-    from recgoat.utils.config import apply_part_swaps, compose, model_choice
+    from recgoat.utils.config import apply_experiment, compose, model_choice
     from recgoat.utils.provenance import config_hash
     cfg = compose(overrides)
-    apply_part_swaps(cfg, model_choice(overrides))
+    apply_experiment(cfg, model_choice(overrides))
     return config_hash(OmegaConf.to_container(cfg, resolve=True))
 
 

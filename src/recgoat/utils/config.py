@@ -65,32 +65,43 @@ def build_model(dataset, overrides: list[str] | tuple[str, ...] = ()):
     from hydra.utils import instantiate
 
     cfg = compose(overrides)
-    apply_part_swaps(cfg, model_choice(overrides))
+    apply_experiment(cfg, model_choice(overrides))
     check_targets(cfg)
     return instantiate(cfg.model)(dataset=dataset)
 
 
 def model_choice(overrides: list[str] | tuple[str, ...]) -> str:
-    """The model group's choice of a ``recgoat.run`` command line (the last ``model=``; the root config's default
-    when none is given)."""
-    given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "model"]
-    if given:
-        return given[-1]
-    defaults = OmegaConf.load(conf_dir() / "config.yaml").defaults
-    return next(d["model"] for d in defaults if isinstance(d, DictConfig) and "model" in d)
+    """The model group's choice that ``recgoat.run <overrides>`` makes (the command line's ``model=``, an
+    experiment's, or the root config's default), as Hydra records it in ``hydra.runtime.choices``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
+    return cfg.hydra.runtime.choices.model
 
 
-def apply_part_swaps(cfg: DictConfig, model_name: str | None = None) -> None:
-    """Applies ``cfg.ablate`` (what an experiment such as ``+experiment=ablation_no_oat`` sets) to ``cfg.model`` in
-    place: each leaf of ``ablate`` names a part of the model by its path and gives ``null`` (the part is removed) or a
-    node with a ``_target_`` (the part is replaced). So an ablation applies to whichever model was chosen. A part that
-    the model does not have (its path is missing, or a part to remove is already off) fails here, naming the
-    experiment, the part and the model, before any work. ``cfg.ablate`` stays as the record of what was swapped;
-    interpolations in a replacement are resolved against the model before the swap."""
+def apply_experiment(cfg: DictConfig, model_name: str | None = None) -> None:
+    """Prepares a composed run config for the model it trains, in place:
+
+    - an experiment that trains a model of its own (``cfg.experiment_model``: ``naive_fusion``, ``id_only``, ...) must
+      not be given another ``model=``, which would silently win over it;
+    - ``cfg.ablate`` (what an experiment such as ``+experiment=ablation_no_oat`` sets) is applied to ``cfg.model``:
+      each leaf names a part of the model by its path and gives ``null`` (the part is removed) or a node with a
+      ``_target_`` (the part is replaced), so an ablation applies to whichever model was chosen. A part that the model
+      does not have (its path is missing, or a part to remove is already off) fails here, naming the experiment, the
+      part and the model, before any work. ``cfg.ablate`` stays as the record of what was swapped; interpolations in
+      a replacement are resolved against the model before the swap."""
+    who = f"+experiment={cfg.get('name')}" if cfg.get("name") else "ablate"
+    wanted = cfg.get("experiment_model")
+    if wanted and model_name and model_name != wanted:
+        raise ConfigError(f"{who} trains model={wanted}, and model={model_name} was given with it; drop model= "
+                          f"(ablations of a chosen model are the part swaps: +experiment=ablation_*)")
     swaps = cfg.get("ablate")
     if not swaps:
         return
-    who = f"+experiment={cfg.get('name')}" if cfg.get("name") else "ablate"
     model = f"model={model_name}" if model_name else f"the model ({cfg.model.get('_target_')})"
     leaves: list[tuple[str, object]] = []
 
