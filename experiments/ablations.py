@@ -2,13 +2,14 @@
 the same seeds as the leaderboard's seed runs (which are the table's full-model row), paired differences to it.
 
     python experiments/ablations.py --leaderboard logs/leaderboard/ml100k_mm --model recgoat \
-        --csv experiments/results/ablations_recgoat_ml100k_mm.csv
+        --csv experiments/results/ablations_recgoat.csv
 
 Resumable: each (config, seed) run goes to ``<out>/<config>/seed<s>``; a finished one (its ``results.json``) is read,
 not rerun, and an unfinished one is started again from nothing. Runs go ``--jobs`` at a time, one torch thread each,
 seed by seed (so a partial table is paired over the seeds it has). The leaderboard's best parameters are applied
 where the ablated model takes them (``naive_fusion`` has no alignment weights). Valid selects every epoch; test is
-read once per run. The CSV carries the code commit and the data fingerprint of the runs.
+read once per run. The CSV carries the code commit and the data fingerprint of the runs; its rows of other datasets
+or models are kept, this table's replaced.
 """
 from __future__ import annotations
 
@@ -139,8 +140,12 @@ def main() -> None:
                      *(("", "", "", "") if config == "full" else (*mean_std(dv), *mean_std(dt))),
                      commit, manifest["data_fingerprint"][:12]])
     args.csv.parent.mkdir(parents=True, exist_ok=True)
+    kept = []   # the CSV's rows of other datasets or models stay; this table's rows are replaced
+    if args.csv.exists():
+        with open(args.csv, newline="") as f:
+            kept = [r for r in list(csv.reader(f))[1:] if (r[0], r[1]) != (dataset, args.model)]
     with open(args.csv, "w", newline="") as f:
-        csv.writer(f, lineterminator="\n").writerows([header, *rows])
+        csv.writer(f, lineterminator="\n").writerows([header, *kept, *rows])
     print(f"wrote {args.csv}")
 
 

@@ -114,29 +114,44 @@ def fig_leaderboards(results: Path):
 
 
 def fig_ablations(results: Path):
-    """Ablations: the paired change of valid and test R@20 against the default, mean ± std over 5 seeds."""
+    """Ablations: the paired change of valid and test R@20 against the full model, mean ± std over seeds; one panel
+    per model (the published method, its MGCN-view variant) and dataset."""
     plt = _plt()
-    rows = [r for r in read_csv(results / "ablations.csv") if r["valid R@20 - default"]]
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(12, 4.2),
-                             gridspec_kw={"width_ratios": [sum(r["dataset"] == d for r in rows) for d in datasets]})
-    for ax, data in zip(axes, datasets, strict=True):
-        part = [r for r in rows if r["dataset"] == data]
+    panels = []
+    for model, name in (("recgoat", "ablations_recgoat.csv"), ("recgoat_mgcn", "ablations_recgoat_mgcn.csv")):
+        if not (results / name).exists():
+            continue
+        rows = [r for r in read_csv(results / name) if r["valid R@20 - full"]]
+        for data in dict.fromkeys(r["dataset"] for r in rows):
+            panels.append((f"{model} on {data}", [r for r in rows if r["dataset"] == data]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.2), squeeze=False,
+                             gridspec_kw={"width_ratios": [len(part) for _, part in panels]})
+    for ax, (title, part) in zip(axes[0], panels, strict=True):
         _bars(ax, [r["config"] for r in part],
-              {split: ([_float(r[f"{split} R@20 - default"]) for r in part],
+              {split: ([_float(r[f"{split} R@20 - full"]) for r in part],
                        [_float(r[f"{split} diff std"]) for r in part]) for split in ("valid", "test")},
-              "R@20 minus the default's (paired)", zoom=False)
+              "R@20 minus the full model's (paired)", zoom=False)
         ax.axhline(0, color="black", lw=0.8)
-        ax.set_title(data)
-    axes[0].legend()
+        ax.set_title(title, fontsize=9)
+    axes[0][0].legend()
     fig.tight_layout()
     return fig
 
 
 def fig_method(results: Path):
-    """The published method (model=recgoat) against the MGCN-view variant (model=recgoat_mgcn) and LightGCN."""
-    rows = read_csv(results / "spec_vs_default.csv")
-    return _valid_test_figure(rows, [f"{r['model']} ({r['commit']})" for r in rows], "R@20 (mean ± std over seeds)")
+    """The published method (model=recgoat) against its MGCN-view variant (model=recgoat_mgcn), MGCN and LightGCN
+    in the equal-budget leaderboards."""
+    plt = _plt()
+    rows = read_csv(results / "published_method.csv")
+    datasets = list(dict.fromkeys(r["data"] for r in rows))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4.2), squeeze=False)
+    for ax, data in zip(axes[0], datasets, strict=True):
+        part = [r for r in rows if r["data"] == data]
+        _bars(ax, [r["model"] for r in part], _valid_test(part), "R@20 (mean ± std, 5 seeds)")
+        ax.set_title(f"{data} (equal budget)")
+    axes[0][0].legend()
+    fig.tight_layout()
+    return fig
 
 
 def fig_parity(results: Path):

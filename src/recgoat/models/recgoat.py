@@ -1,6 +1,8 @@
 r"""RecGOAT (Li et al., 2026): language-model branches aligned with a collaborative ID branch, then fused.
 
-One forward pass, all users and items (docs/method.md; each line is a part of ``conf/model/recgoat.yaml``):
+One forward pass, all users and items (docs/method.md; each line is a part, a node of the model's yaml:
+``conf/model/recgoat.yaml``, the published method, has every part but the side view; ``recgoat_mgcn.yaml``, our
+variant, the side view and no fusion or user branch):
 
 .. math::
     E^{(0)}_u &= E_u + z^{llm}_u                                  && \text{user LM branch (optional)} \\
