@@ -379,18 +379,3 @@ def test_authors_preset_composes(tmp_path):
     assert cfg.model.embedding_dim == 800 and cfg.optimizer.lr == 8e-4 and cfg.datamodule.batch_size == 4096
     assert cfg.model._target_ == "recgoat.models.RecGOAT" and cfg.model.alignment.cmcl.weight == 0.032
     assert cfg.model.side_view is None and cfg.model.fusion is not None   # the published method at d=800
-
-
-def test_a_state_dict_with_one_oat_map_correction_per_modality_loads_into_the_stacked_one(tiny_synthetic, tmp_path):
-    model = small_recgoat(tiny_synthetic, tmp_path)
-    with torch.no_grad():
-        model.alignment.oat_map.delta.normal_()
-    state = model.state_dict()
-    stacked = state.pop("alignment.oat_map.delta")
-    names = model.alignment.modalities
-    assert len(names) == 2
-    state.update({f"alignment.oat_map.{m}.delta": stacked[j] for j, m in enumerate(names)})   # the earlier layout
-    fresh = small_recgoat(tiny_synthetic, tmp_path)
-    assert not torch.equal(fresh.alignment.oat_map.delta, stacked)
-    fresh.load_state_dict(state)                                           # strict: no key left over or missing
-    assert torch.equal(fresh.alignment.oat_map.delta, stacked)

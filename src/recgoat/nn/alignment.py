@@ -50,13 +50,6 @@ class Alignment(Part):
         if oat_map is not None:
             self.oat_map = AdaptiveTransportMap(len(modalities), dim)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # a checkpoint from before the maps were one [M, d, d] parameter holds one [d, d] per modality
-        old, new = [prefix + f"oat_map.{m}.delta" for m in self.modalities], prefix + "oat_map.delta"
-        if self.oat_map is not None and new not in state_dict and all(k in state_dict for k in old):
-            state_dict[new] = torch.stack([state_dict.pop(k) for k in old])
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     def forward(self, modal: Tensor, item_id: Tensor) -> Tensor:
         if self.oat_map is None:
             return modal

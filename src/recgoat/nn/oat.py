@@ -1,4 +1,5 @@
-"""Optimal adaptive transport (OAT): distribution-level alignment of RecGOAT, with geomloss.
+"""Optimal adaptive transport (OAT): distribution-level alignment of RecGOAT. Its Sinkhorn loops are geomloss'
+algorithms written out for stacked problems and held to geomloss' public ``SamplesLoss`` in tests (tests/test_oat.py).
 
 Two readings of the method (docs/method.md), each switchable:
 
@@ -11,15 +12,10 @@ Two readings of the method (docs/method.md), each switchable:
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 import torch.nn.functional as F
-from geomloss import SamplesLoss
-
-# geomloss' epsilon schedule for the W1 term's loop (see SinkhornW1); pinned version
-from geomloss._legacy.sinkhorn_divergence import epsilon_schedule
 from torch import Tensor, nn
 
 
@@ -35,7 +31,7 @@ def dimension_cost(zm: Tensor, zid: Tensor, scale: float = 1.0) -> Tensor:
 
 
 class DimensionTransport(nn.Module):
-    r"""Entropic OT plan between embedding dimensions, from geomloss's Sinkhorn potentials.
+    r"""Entropic OT plan between embedding dimensions, by log-domain Sinkhorn updates.
 
     With uniform marginals ``a = b = 1/d`` and dual potentials ``f, g`` of
     :math:`\mathrm{OT}_\varepsilon`, the plan is (log domain, no under-flow)
@@ -43,15 +39,13 @@ class DimensionTransport(nn.Module):
     .. math::
         T^*_{pq} = \exp\big(\log a_p + \log b_q + (f_p + g_q - C_{pq}) / \varepsilon\big)
 
-    geomloss stops after its :math:`\varepsilon`-scaling schedule with marginals that are only
-    approximately met (errors of 10-20% at small :math:`\varepsilon`), so log-domain Sinkhorn
-    updates continue from its potentials until both marginals hold to ``tol`` (at most
-    ``max_refine_iters``; the test every ``check_every`` updates). During training the embeddings move
+    A cold start iterates from zero potentials until both marginals hold to ``tol`` (at most
+    ``max_refine_iters`` updates; the test every ``check_every`` updates). During training the embeddings move
     little between steps, so with ``warm_iters`` the previous call's potentials start exactly
     ``warm_iters`` updates instead, with no convergence test (no host synchronisation, a fixed cost per
-    step): the potentials track the moving fixed point across steps. The result is returned as
-    ``d T^*`` (rows and columns sum to 1 once converged) and carries no gradient. Several problems against
-    one target (one per modality) are solved as one batch: the same updates, one kernel each for all.
+    step): the potentials track the moving fixed point across steps. The same updates either way. The result is
+    returned as ``d T^*`` (rows and columns sum to 1 once converged) and carries no gradient. Several problems
+    against one target (one per modality) are solved as one batch: the same updates, one kernel each for all.
 
     Args:
         eps: entropic regularisation :math:`\varepsilon` (authors: 0.01).
@@ -60,21 +54,18 @@ class DimensionTransport(nn.Module):
             the differences between dimensions and does not depend on the embeddings' scale
             (design choice: with the authors' raw cost x 100, eps 0.01 is a different regime for
             every embedding scale; subtracting a constant does not change the plan).
-        scaling: geomloss's :math:`\varepsilon`-scaling ratio (closer to 1: more iterations).
-        tol: marginal tolerance of the refinement (on ``d T*``, whose marginals are all ones).
-        max_refine_iters: cap on the refinement iterations.
+        tol: marginal tolerance of a cold start (on ``d T*``, whose marginals are all ones).
+        max_refine_iters: cap on a cold start's updates.
         check_every: updates between two tests of the marginals (each test a host synchronisation).
         warm_iters: Sinkhorn updates of a call that starts from the previous call's potentials for the same ``key``;
-            ``None``: no warm start, every call iterates from geomloss's solution to ``tol``.
-        compile: ``torch.compile`` the warm plan (cost and updates).
+            ``None``: no warm start, every call iterates from zero potentials to ``tol``.
 
     Shapes: :meth:`plan` ``zm`` ``[n, d_m]`` or ``[M, n, d_m]``, ``zid`` ``[n, d_id]`` -> ``[d_m, d_id]`` or
     ``[M, d_m, d_id]``.
     """
 
-    def __init__(self, eps: float = 0.01, cost_scale: float = 1.0, normalize_cost: bool = True, scaling: float = 0.5,
-                 tol: float = 1e-4, max_refine_iters: int = 2000, check_every: int = 10, warm_iters: int | None = 10,
-                 compile: bool = False):
+    def __init__(self, eps: float = 0.01, cost_scale: float = 1.0, normalize_cost: bool = True, tol: float = 1e-4,
+                 max_refine_iters: int = 2000, check_every: int = 10, warm_iters: int | None = 10):
         super().__init__()
         if warm_iters is not None and warm_iters < 1:
             raise ValueError(f"oat_map.warm_iters must be >= 1 or null, got {warm_iters}")
@@ -84,15 +75,9 @@ class DimensionTransport(nn.Module):
         self.eps = eps
         self.cost_scale = cost_scale
         self.normalize_cost = normalize_cost
-        self._norm: Tensor | float = 1.0
         self.tol = tol
         self.max_refine_iters = max_refine_iters
         self.last_iters = 0
-        # p=2 with a custom cost: geomloss's epsilon is blur^p
-        self.solver = SamplesLoss("sinkhorn", p=2, blur=math.sqrt(eps), scaling=scaling, debias=False,
-                                  potentials=True, backend="tensorized", cost=self._cost)
-        self._n = 1
-        self.warm_plan = _Compiled(self._warm_plan) if compile else self._warm_plan
 
     # The warm-start potentials are part of the training state: a checkpoint carries them, so a resumed run takes
     # the same warm updates as an uninterrupted one (a cold start would land on a plan a rounding error away).
@@ -102,25 +87,13 @@ class DimensionTransport(nn.Module):
     def set_extra_state(self, state: list[tuple[object, Tensor, Tensor]]) -> None:
         self._potentials = {tuple(key) if isinstance(key, list) else key: (p, q) for key, p, q in state}
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        state_dict.setdefault(prefix + "_extra_state", [])   # a checkpoint from before: the next plan starts cold
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def _cost(self, x: Tensor, y: Tensor) -> Tensor:
-        # x: [M, d, n], y: [M, d, n] -> [M, d, d]; dimensions are the points, items the coordinates
-        xx = x.pow(2).sum(-1)[:, :, None]
-        yy = y.pow(2).sum(-1)[:, None, :]
-        return self.cost_scale / (self._n * self._norm) * (xx + yy - 2 * x @ y.transpose(1, 2)).clamp_min(0)
-
-    def _scaled_cost(self, zm: Tensor, zid: Tensor) -> tuple[Tensor, Tensor | float]:
-        """The cost ``[M, d_m, d_id]`` as the solver takes it, and the normalisation ``[M, 1, 1]`` it was divided
-        by (each problem's own)."""
+    def _scaled_cost(self, zm: Tensor, zid: Tensor) -> Tensor:
+        """The cost ``[M, d_m, d_id]`` as the updates take it (each problem normalised by its own spread)."""
         cost = dimension_cost(zm, zid)
         if not self.normalize_cost:
-            return cost * self.cost_scale, 1.0
+            return cost * self.cost_scale
         low, high = cost.flatten(1).aminmax(dim=1)
-        norm = (high - low).clamp_min(1e-12)[:, None, None]                    # no .item(): no sync
-        return cost * (self.cost_scale / norm), norm
+        return cost * (self.cost_scale / (high - low).clamp_min(1e-12)[:, None, None])   # no .item(): no sync
 
     # The updates keep the negated potentials in units of eps, P = -f/eps ([M, d_m, 1]) and Q = -g/eps
     # ([M, 1, d_id]), shaped to broadcast against the kernel's log plus the log-marginal, folded in once,
@@ -154,10 +127,10 @@ class DimensionTransport(nn.Module):
         ka = neg_k - math.log(cost.shape[-2])
         return ka, (ka if cost.shape[-1] == cost.shape[-2] else neg_k - math.log(cost.shape[-1]))
 
-    def _warm_plan(self, zm: Tensor, zid: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def warm_plan(self, zm: Tensor, zid: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """A step's plan from the last step's potentials: exactly ``warm_iters`` updates, no test (no host
         synchronisation); returns (plan, P, Q)."""
-        ka, kb = self._kernels(self._scaled_cost(zm, zid)[0])
+        ka, kb = self._kernels(self._scaled_cost(zm, zid))
         for _ in range(self.warm_iters):             # ends on a P-update: no marginal test reads the next Q
             q = self._q_update(ka, p)
             p = self._p_update(kb, q)
@@ -179,11 +152,8 @@ class DimensionTransport(nn.Module):
             if keep:
                 self._potentials[key] = (p, q)
             return plan[0] if single else plan
-        cost, self._norm = self._scaled_cost(zm, zid)
-        self._n = zm.shape[1]                                              # self._cost reads _n and _norm
-        ka, kb = self._kernels(cost)
-        f, _ = self.solver(zm.transpose(1, 2).contiguous(), zid.T.expand(len(zm), -1, -1).contiguous())
-        p = f.reshape(batch_shape) / -self.eps
+        ka, kb = self._kernels(self._scaled_cost(zm, zid))
+        p = zm.new_zeros(batch_shape)                                              # zero potentials
         # After a P-update the rows are exact; the columns then sum to b * exp(Q' - Q), where Q' is the
         # next Q-update, so the marginal check costs nothing extra: stop when |exp(Q' - Q) - 1| < tol
         # (the plan's columns are d_id * b = 1 in the returned scale); a test every check_every updates.
@@ -220,25 +190,6 @@ class AdaptiveTransportMap(nn.Module):
         return z @ (plans + self.delta)
 
 
-class _Compiled:
-    """``torch.compile(fn)``, compiled on the first call and never pickled or deep-copied (a module holding it can
-    be, and compiles again where it is used)."""
-
-    def __init__(self, fn):
-        self.fn, self.compiled = fn, None
-
-    def __call__(self, *args):
-        if self.compiled is None:
-            self.compiled = torch.compile(self.fn)
-        return self.compiled(*args)
-
-    def __getstate__(self):
-        return {"fn": self.fn, "compiled": None}
-
-    def __deepcopy__(self, memo):
-        return _Compiled(copy.deepcopy(self.fn, memo))
-
-
 class SinkhornW1(nn.Module):
     r"""Debiased Sinkhorn divergence :math:`S_\varepsilon` with p=1 between two point clouds of
     L2-normalised embeddings (uniform weights), a differentiable estimate of W1:
@@ -267,23 +218,18 @@ class SinkhornW1(nn.Module):
         blur: the final entropic scale :math:`\varepsilon` (= blur^p, p=1).
         scaling: ratio of two successive epsilons of the annealing schedule (smaller: fewer updates).
         max_points: subsample size (``None``: all points).
-        compile: run the solver (normalisation, costs, Sinkhorn loop) as one graph compiled by ``torch.compile``:
-            some ten fused kernels instead of about 150 small ops, for launch-bound devices; compiled on the first
-            call.
 
     Shapes: ``[n, d]``, or ``M`` of them (``[M, n, d]`` or a list; their divergences summed), ``[n, d]`` -> scalar.
     """
 
     diameter = 2.0  # of L2-normalised points
 
-    def __init__(self, weight: float = 0.05, blur: float = 0.05, scaling: float = 0.5, max_points: int | None = 128,
-                 compile: bool = False):
+    def __init__(self, weight: float = 0.05, blur: float = 0.05, scaling: float = 0.5, max_points: int | None = 128):
         super().__init__()
         self.weight = weight
         self.max_points = max_points
         self.blur = blur
-        self.eps_list = [float(e) for e in epsilon_schedule(1, self.diameter, blur, scaling)]
-        self.solve = _Compiled(self._divergence) if compile else self._divergence
+        self.eps_list = epsilon_schedule(self.diameter, blur, scaling)
 
     def forward(self, x: Tensor | list[Tensor], y: Tensor, unit: bool = False) -> Tensor:
         """``unit``: the points are unit vectors already (not normalised again)."""
@@ -291,10 +237,6 @@ class SinkhornW1(nn.Module):
         if self.max_points is not None and xs.shape[1] > self.max_points:
             idx = torch.randperm(xs.shape[1], device=xs.device)[: self.max_points]
             xs, y = xs[:, idx], y[idx]
-        return self.solve(xs, y, unit)
-
-    def _divergence(self, xs: Tensor, y: Tensor, unit: bool) -> Tensor:
-        # xs: [M, n, d], y: [n, d] -> the sum of the M divergences
         m, n = xs.shape[:2]
         if not unit:
             xs, y = F.normalize(xs, dim=-1), F.normalize(y, dim=-1)
@@ -306,6 +248,16 @@ class SinkhornW1(nn.Module):
         # uniform weights 1/n: S = sum_m <1/n, f_ba - f_aa> + <1/n, g_ab - g_bb>
         cross, own = potentials.view(2, -1).sum(1).unbind()
         return (cross - own) / n
+
+
+def epsilon_schedule(diameter: float, blur: float, scaling: float) -> list[float]:
+    """geomloss' epsilon-scaling schedule for p=1 (``epsilon_schedule(1, diameter, blur, scaling)``): the diameter,
+    then ``exp(t)`` for ``t`` from ``log(diameter)`` down to ``log(blur)`` in steps of ``log(scaling)`` (exclusive),
+    then the blur. A test holds it to geomloss' own."""
+    step = math.log(scaling)
+    start, stop = math.log(diameter), math.log(blur)
+    count = max(0, math.ceil((stop - start) / step))
+    return [diameter, *(math.exp(start + k * step) for k in range(count)), blur]
 
 
 def unit_distances(x: Tensor, y: Tensor) -> Tensor:
