@@ -27,8 +27,8 @@ import torch
 from hydra.utils import instantiate
 from torch.profiler import ProfilerActivity, profile
 
-from recgoat.data import RecDataset, load_split_txt, make_synthetic
-from recgoat.eval import FullRankingEvaluator, users_with_items
+from recgoat.data import RecDataset, load_split_txt
+from recgoat.eval import users_with_items
 from recgoat.inference import LoadedModel
 from recgoat.recommend import recommend
 from recgoat.training import BPRBatches, RecModule, Timings
@@ -68,8 +68,9 @@ def baby_sized():
     path = project_root().parent / "shared" / "data" / "amazon-baby"
     if path.exists():
         return load_split_txt(path), "amazon-baby (real)"
-    d = make_synthetic(n_users=19445, n_items=7050, mean_interactions=8.3, min_interactions=5, seed=0,
-                       modalities={"text": {"dim": 384, "noise": 0.5}, "image": {"dim": 4096, "noise": 1.0}})
+    d = instantiate(compose(["dataset=synthetic", "dataset.n_users=19445", "dataset.n_items=7050",   # Baby's size
+                             "dataset.mean_interactions=8.3", "dataset.modalities.text.dim=384",
+                             "dataset.modalities.image.dim=4096"]).dataset)
     return d, "synthetic, Baby-sized"
 
 
@@ -101,7 +102,7 @@ def bench_eval(dataset, repeats: int = 3) -> dict:
         for b in range(0, len(users), 2048):
             torch.topk(scorer.user_emb[users[b:b + 2048]] @ scorer.item_emb.T, k, dim=1)
         bound.append(time.perf_counter() - t)
-    evaluator = FullRankingEvaluator(dataset.train, ks=[10, 20], user_batch=2048)
+    evaluator = instantiate(compose(["evaluation.ks=[10,20]"]).evaluation)(train=dataset.train)
     full = []
     for _ in range(repeats):
         t = time.perf_counter()

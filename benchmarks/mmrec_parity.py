@@ -25,7 +25,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recgoat.eval import FullRankingEvaluator, users_with_items
+from recgoat.eval import FullRankingEvaluator
+from recgoat.eval.metrics import METRICS, users_with_items
 
 OUT = Path(__file__).resolve().parents[1] / "experiments" / "results" / "mmrec_parity.csv"
 
@@ -100,7 +101,7 @@ def main() -> None:
     def score_fn(u: torch.Tensor, items: slice) -> torch.Tensor:
         return scores[u][:, items]
 
-    evaluator = FullRankingEvaluator(train, ks=ks, user_batch=2048)
+    evaluator = FullRankingEvaluator(train, ks=ks, user_batch=2048, item_chunk=None, metrics=METRICS)
     t = time.perf_counter()
     ours = evaluator.evaluate(score_fn, test)
     ours_s = time.perf_counter() - t

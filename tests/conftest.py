@@ -20,7 +20,7 @@ def shared_dataset(name: str) -> Path:
 
 @pytest.fixture
 def tiny_synthetic():
-    from recgoat.data import make_synthetic
-    return make_synthetic(n_users=120, n_items=90, n_factors=4, n_clusters=4, mean_interactions=12,
+    from tests.helpers import synthetic
+    return synthetic(n_users=120, n_items=90, n_factors=4, n_clusters=4, mean_interactions=12,
                           modalities={"text": {"dim": 8, "noise": 0.3}, "image": {"dim": 12, "noise": 0.6}},
                           user_feature_dim=6, seed=3)

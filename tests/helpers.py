@@ -1,6 +1,7 @@
 """Composing configs and running recgoat in-process or as the real CLI, for tests."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -15,6 +16,43 @@ from recgoat.utils.config import conf_dir
 
 TINY_DATA = ["debug=tiny"]  # conf/debug/tiny.yaml: 150 users, 100 items, 8-d text, 12-d image, 6-d user features
 QUIET = ["trainer.enable_progress_bar=false", "logger=none"]
+
+
+@functools.cache
+def _yaml_node(path: str) -> dict:
+    from omegaconf import OmegaConf
+
+    from recgoat.utils.config import compose as compose_run
+    return OmegaConf.to_container(OmegaConf.select(compose_run([]), path), resolve=True)
+
+
+def from_yaml(path: str, **values):
+    """The component at ``path`` of the default run config (``evaluation``, ``dataset``,
+    ``model.alignment.oat_map``, ...) with its yaml's values, ``values`` replacing some: tests build components the
+    way a run does, with no Python default anywhere."""
+    from hydra.utils import instantiate
+    return instantiate({**_yaml_node(path), **values})
+
+
+def make_evaluator(train, **values):
+    """The run's ``FullRankingEvaluator`` (``evaluation`` node) on ``train``."""
+    return from_yaml("evaluation", **values)(train=train)
+
+
+def synthetic(**values):
+    """``make_synthetic`` with the built-in dataset's values (``conf/dataset/synthetic.yaml``), ``values`` replacing
+    some."""
+    return from_yaml("dataset", **values)
+
+
+def make_transport(**values):
+    """The published RecGOAT's ``DimensionTransport`` (``model.alignment.oat_map``), ``values`` replacing some."""
+    return from_yaml("model.alignment.oat_map", **values)
+
+
+def make_w1(**values):
+    """The published RecGOAT's ``SinkhornW1`` (``model.alignment.oat_w1``), ``values`` replacing some."""
+    return from_yaml("model.alignment.oat_w1", **values)
 
 
 def compose_cfg(overrides: list[str], output_dir: Path):

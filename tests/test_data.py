@@ -12,10 +12,10 @@ from recgoat.data import (
     load_mmrec,
     load_movielens,
     load_split_txt,
-    make_synthetic,
     split_per_user,
 )
 from tests.conftest import shared_dataset
+from tests.helpers import synthetic
 
 HEADER = "userID\titemID\trating\ttimestamp\tx_label\n"
 
@@ -155,13 +155,13 @@ def test_kcore_filter_is_iterative():
 
 
 def test_synthetic_is_deterministic_and_has_structure():
-    a = make_synthetic(n_users=300, n_items=200, seed=1)
-    b = make_synthetic(n_users=300, n_items=200, seed=1)
+    a = synthetic(n_users=300, n_items=200, seed=1)
+    b = synthetic(n_users=300, n_items=200, seed=1)
     assert a.fingerprint() == b.fingerprint()
-    assert make_synthetic(n_users=300, n_items=200, seed=2).fingerprint() != a.fingerprint()
+    assert synthetic(n_users=300, n_items=200, seed=2).fingerprint() != a.fingerprint()
     assert set(a.item_features) == {"text", "image"} and a.user_features.shape == (300, 32)
     # planted structure: items co-consumed by a user are closer in feature space than random pairs
-    a = make_synthetic(seed=1)
+    a = synthetic(seed=1)
     x = a.item_features["text"] / np.linalg.norm(a.item_features["text"], axis=1, keepdims=True)
     rows = [a.train[u].indices for u in range(a.n_users)]
     co = np.mean([x[r[0]] @ x[r[1]] for r in rows if len(r) > 1])

@@ -9,12 +9,12 @@ import pytest
 
 pytest.importorskip("sentence_transformers", reason="the 'features' extra is not installed")
 
-from recgoat.data import make_synthetic  # noqa: E402
 from recgoat.features.image import ImageEncoder  # noqa: E402
 from recgoat.features.pipeline import build_features  # noqa: E402
 from recgoat.features.sources import ml100k_items  # noqa: E402
 from recgoat.features.text import SentenceTextEncoder  # noqa: E402
 from tests.conftest import shared_dataset  # noqa: E402
+from tests.helpers import synthetic  # noqa: E402
 from tests.llm_server import FakeLLM, answer_body, json_body, preference_answer  # noqa: E402
 from tests.test_llm import make_client  # noqa: E402
 
@@ -31,7 +31,7 @@ def image_encoder():
 
 @pytest.fixture
 def small():
-    return make_synthetic(n_users=12, n_items=10, n_factors=3, n_clusters=2, mean_interactions=5,
+    return synthetic(n_users=12, n_items=10, n_factors=3, n_clusters=2, mean_interactions=5,
                           min_interactions=4, user_feature_dim=None, seed=1)
 
 
@@ -243,7 +243,7 @@ def test_template_profiles_name_items_by_the_given_text_and_a_profile_without_te
 
 def test_an_item_table_whose_ids_match_no_interaction_item_is_an_error(tmp_path, text_encoder):
     from recgoat.data import DataError
-    d = make_synthetic(n_users=20, n_items=12, n_factors=2, n_clusters=2, mean_interactions=5, seed=0)
+    d = synthetic(n_users=20, n_items=12, n_factors=2, n_clusters=2, mean_interactions=5, seed=0)
     metadata = {f"sku-{i}": {"title": f"Item {i}"} for i in range(12)}   # the table's own ids, not the data's
     with pytest.raises(DataError, match=r"no item id of the item metadata matches the interactions' item ids .*"
                                         r"the metadata's first: \['sku-0', 'sku-1', 'sku-2'\]"):

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recgoat.eval import FullRankingEvaluator
 from recgoat.training import BPRBatches
-from tests.helpers import QUIET, TINY_DATA, run_in_process
+from tests.helpers import QUIET, TINY_DATA, make_evaluator, run_in_process
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu.sh)")]
@@ -33,7 +32,7 @@ def test_recgoat_on_the_gpu_computes_what_it_computes_on_the_cpu(tiny_synthetic,
         a, b = cpu.representations(), gpu.representations()
     torch.testing.assert_close(b["user"].cpu(), a["user"], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(b["item"].cpu(), a["item"], atol=1e-4, rtol=1e-4)
-    evaluator = FullRankingEvaluator(tiny_synthetic.train, ks=[10, 20])
+    evaluator = make_evaluator(tiny_synthetic.train, ks=[10, 20])
     on_cpu = evaluator.evaluate(cpu.scorer(), tiny_synthetic.test)
     on_gpu = evaluator.evaluate(gpu.scorer(), tiny_synthetic.test, device="cuda")
     assert on_gpu == pytest.approx(on_cpu, abs=0.02)   # near-ties may rank differently across devices

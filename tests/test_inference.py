@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from recgoat.eval import FullRankingEvaluator
 from recgoat.export import export_embeddings
 from recgoat.inference import CheckpointError, load_model
 from recgoat.recommend import recommend, resolve_users
-from tests.helpers import QUIET, TINY_DATA, run_in_process
+from tests.helpers import QUIET, TINY_DATA, make_evaluator, run_in_process
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,7 @@ def trained(tmp_path_factory):
 def test_loaded_model_reproduces_the_run(trained):
     out, res = trained
     loaded = load_model(res["best_checkpoint"])
-    ev = FullRankingEvaluator(loaded.dataset.train, ks=[10, 20])
+    ev = make_evaluator(loaded.dataset.train, ks=[10, 20])
     metrics = ev.evaluate(loaded.model.scorer(), loaded.dataset.test)
     assert metrics == pytest.approx(res["test"], abs=1e-12)
 
@@ -52,7 +51,7 @@ def test_recommend_equals_the_evaluators_ranking(trained):
     loaded = load_model(res["best_checkpoint"])
     users = np.arange(0, loaded.dataset.n_users, 3)
     recs = list(recommend(loaded, users, k=15, batch_size=7))
-    ev = FullRankingEvaluator(loaded.dataset.train, ks=[15])
+    ev = make_evaluator(loaded.dataset.train, ks=[15])
     _, expected = ev.rank(loaded.model.scorer(), torch.as_tensor(users), 15)
     assert [u for u, _, _ in recs] == users.tolist()
     for (u, items, _), exp in zip(recs, expected.numpy(), strict=True):

@@ -9,7 +9,8 @@ import scipy.sparse as sp
 import torch
 
 from recgoat.data import matrix_from_pairs
-from recgoat.eval import FullRankingEvaluator, ranking_metrics, topk_stable
+from recgoat.eval import ranking_metrics, topk_stable
+from tests.helpers import make_evaluator
 
 
 def brute_force(scores: np.ndarray, train: sp.csr_matrix, target: sp.csr_matrix, ks) -> dict[str, float]:
@@ -37,7 +38,7 @@ def brute_force(scores: np.ndarray, train: sp.csr_matrix, target: sp.csr_matrix,
 
 def evaluate(scores: np.ndarray, train, target, ks, **kw) -> dict[str, float]:
     s = torch.as_tensor(scores, dtype=torch.float32)
-    ev = FullRankingEvaluator(train, ks=ks, **kw)
+    ev = make_evaluator(train, ks=ks, **kw)
     return ev.evaluate(lambda users, items: s[users][:, items].clone(), target)
 
 
@@ -136,7 +137,7 @@ def test_topk_stable_orders_ties_by_index():
 
 def test_nan_scores_raise_a_clear_error():
     s = torch.tensor([[float("nan"), 1.0, 0.5]])
-    ev = FullRankingEvaluator(matrix_from_pairs([0], [2], 1, 3), ks=[1])
+    ev = make_evaluator(matrix_from_pairs([0], [2], 1, 3), ks=[1])
     with pytest.raises(FloatingPointError, match="NaN"):
         ev.evaluate(lambda u, it: s[u][:, it].clone(), matrix_from_pairs([0], [1], 1, 3))
 

@@ -10,9 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from geomloss import SamplesLoss
+from hydra.errors import InstantiationException
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from recgoat.nn import DimensionTransport, SinkhornW1, dimension_cost
+from recgoat.nn import dimension_cost
+from tests.helpers import make_transport, make_w1
 
 
 def test_dimension_cost_expansion_equals_the_definition():
@@ -26,7 +28,7 @@ def test_sinkhorn_plan_marginals_and_pot_reference(eps):
     g = torch.Generator().manual_seed(int(eps * 100))
     zm = torch.randn(300, 16, generator=g)
     zid = 0.5 * torch.randn(300, 16, generator=g) + zm[:, torch.randperm(16, generator=g)]
-    transport = DimensionTransport(eps=eps)
+    transport = make_transport(eps=eps)
     plan = transport.plan(zm, zid)                                       # d T*: all marginals 1
     torch.testing.assert_close(plan.sum(1), torch.ones(16), atol=1e-4, rtol=0)
     torch.testing.assert_close(plan.sum(0), torch.ones(16), atol=1e-4, rtol=0)
@@ -43,7 +45,7 @@ def test_sinkhorn_plan_marginals_and_pot_reference(eps):
 def test_plan_is_a_permutation_when_dimensions_are_permuted_copies():
     zm = torch.randn(500, 8)
     perm = torch.randperm(8)
-    plan = DimensionTransport(eps=0.01).plan(zm, zm[:, perm])
+    plan = make_transport(eps=0.01).plan(zm, zm[:, perm])
     assert torch.equal(plan.argmax(1), torch.argsort(perm))  # dimension p of zm goes where it went
 
 
@@ -53,29 +55,29 @@ def test_w1_matches_exact_optimal_transport_within_the_entropic_bias(seed):
     x = torch.randn(80, 6, generator=g)
     y = torch.randn(80, 6, generator=g) + 0.5
     blur = 0.01
-    value = SinkhornW1(blur=blur, scaling=0.9, max_points=None)(x, y).item()
+    value = make_w1(blur=blur, scaling=0.9, max_points=None)(x, y).item()
     xn, yn = F.normalize(x, dim=-1).double(), F.normalize(y, dim=-1).double()
     exact = ot.emd2(np.full(80, 1 / 80), np.full(80, 1 / 80), torch.cdist(xn, yn).numpy())
     # the debiased divergence differs from W1 by the entropic bias, O(blur log(1/blur)) ~ 0.05 here
     assert abs(value - exact) < blur * math.log(1 / blur) + 0.02
-    assert SinkhornW1(blur=blur, max_points=None)(x, x).item() == pytest.approx(0.0, abs=1e-4)
+    assert make_w1(blur=blur, max_points=None)(x, x).item() == pytest.approx(0.0, abs=1e-4)
 
 
 def test_w1_subsampling_keeps_pairs_and_every_sampled_row_gets_gradient():
     x = torch.randn(1000, 8, requires_grad=True)
-    loss = SinkhornW1(weight=1.0, blur=0.05, scaling=0.5, max_points=100)(x, x.detach() + 0.1)
+    loss = make_w1(weight=1.0, blur=0.05, scaling=0.5, max_points=100)(x, x.detach() + 0.1)
     loss.backward()
     assert int((x.grad.abs().sum(1) > 0).sum()) == 100   # exactly the sampled rows (fails on a zero gradient)
     small = torch.randn(50, 8, requires_grad=True)
-    SinkhornW1(weight=1.0, blur=0.05, scaling=0.5, max_points=100)(small, small.detach() + 0.1).backward()
+    make_w1(weight=1.0, blur=0.05, scaling=0.5, max_points=100)(small, small.detach() + 0.1).backward()
     assert bool((small.grad.abs().sum(1) > 0).all())     # below max_points: every row
 
 
 def test_warm_started_plans_track_the_fixed_point_with_a_fixed_number_of_updates():
     g = torch.Generator().manual_seed(7)
     zm, zid = torch.randn(400, 16, generator=g), torch.randn(400, 16, generator=g)
-    cold = DimensionTransport(eps=0.01, warm_iters=None)
-    warm = DimensionTransport(eps=0.01, warm_iters=10)
+    cold = make_transport(eps=0.01, warm_iters=None)
+    warm = make_transport(eps=0.01, warm_iters=10)
     warm.plan(zm, zid, key="text")                       # a cold start: iterates to tol, fills the cache
     assert warm.last_iters > 10
     nudged = zm + 1e-3 * torch.randn(400, 16, generator=g)
@@ -89,16 +91,16 @@ def test_warm_started_plans_track_the_fixed_point_with_a_fixed_number_of_updates
     torch.testing.assert_close(p_warm.sum(0), torch.ones(16), atol=1e-4, rtol=0)
     other = warm.plan(zid, zm, key="image")               # another key: a cold start of its own
     torch.testing.assert_close(other, cold.plan(zid, zm), atol=1e-6, rtol=0)
-    with pytest.raises(ValueError, match="warm_iters must be >= 1 or null"):
-        DimensionTransport(eps=0.01, warm_iters=0)
+    with pytest.raises(InstantiationException, match="warm_iters must be >= 1 or null"):   # hydra wraps it
+        make_transport(eps=0.01, warm_iters=0)
 
 
 def test_w1_of_several_clouds_is_the_sum_of_their_divergences_on_the_same_rows():
     g = torch.Generator().manual_seed(11)
     a, b, y = (torch.randn(60, 8, generator=g) for _ in range(3))
-    w1 = SinkhornW1(weight=1.0, blur=0.05, scaling=0.5, max_points=None)
+    w1 = make_w1(weight=1.0, blur=0.05, scaling=0.5, max_points=None)
     torch.testing.assert_close(w1([a, b], y), w1(a, y) + w1(b, y), atol=1e-5, rtol=1e-5)
-    sampled = SinkhornW1(weight=1.0, blur=0.05, scaling=0.5, max_points=20)
+    sampled = make_w1(weight=1.0, blur=0.05, scaling=0.5, max_points=20)
     torch.manual_seed(0)
     both = sampled([a, b], y)
     torch.manual_seed(0)
@@ -126,7 +128,7 @@ def test_w1_is_geomloss_sinkhorn_divergence_to_rounding_value_and_gradient_witho
     xs = [torch.randn(90, 16, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2)]
     y = torch.randn(90, 16, generator=g, dtype=torch.float64)
     with _HostReads() as mode:
-        ours = SinkhornW1(weight=1.0, blur=0.05, scaling=0.5, max_points=None)(xs, y)
+        ours = make_w1(weight=1.0, blur=0.05, scaling=0.5, max_points=None)(xs, y)
         grads = torch.autograd.grad(ours, xs)
     assert mode.reads == []                                   # SamplesLoss masks its log-weights: two reads a call
     reference = SamplesLoss("sinkhorn", p=1, blur=0.05, scaling=0.5, debias=True, backend="tensorized", diameter=2.0)
@@ -137,7 +139,7 @@ def test_w1_is_geomloss_sinkhorn_divergence_to_rounding_value_and_gradient_witho
         torch.testing.assert_close(ours_grad, ref_grad, rtol=1e-9, atol=1e-12)
     # in float32 both carry the rounding noise of the self-costs' zero diagonal (sqrt of ~1e-7): about 1e-4
     xs32, y32 = [x.detach().float() for x in xs], y.float()
-    ours32 = SinkhornW1(weight=1.0, blur=0.05, scaling=0.5, max_points=None)(xs32, y32)
+    ours32 = make_w1(weight=1.0, blur=0.05, scaling=0.5, max_points=None)(xs32, y32)
     torch.testing.assert_close(ours32, ref.float(), rtol=5e-4, atol=0)
 
 
@@ -145,7 +147,7 @@ def test_w1_is_geomloss_sinkhorn_divergence_to_rounding_value_and_gradient_witho
 def test_w1s_epsilon_schedule_is_geomloss_at_any_blur_and_scaling(blur, scaling):
     g = torch.Generator().manual_seed(4)
     x, y = torch.randn(40, 5, generator=g, dtype=torch.float64), torch.randn(40, 5, generator=g, dtype=torch.float64)
-    ours = SinkhornW1(weight=1.0, blur=blur, scaling=scaling, max_points=None)(x, y)
+    ours = make_w1(weight=1.0, blur=blur, scaling=scaling, max_points=None)(x, y)
     reference = SamplesLoss("sinkhorn", p=1, blur=blur, scaling=scaling, debias=True, backend="tensorized",
                             diameter=2.0)(F.normalize(x, dim=-1), F.normalize(y, dim=-1))
     torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-15)   # a schedule off by one update differs
@@ -155,7 +157,7 @@ def test_a_cold_plan_iterates_from_zero_potentials_to_the_tolerance():
     g = torch.Generator().manual_seed(12)
     zid = torch.randn(200, 12, generator=g)
     zm = 0.3 * torch.randn(200, 12, generator=g) + zid.flip(1)
-    transport = DimensionTransport(eps=0.01, tol=1e-6, check_every=1, warm_iters=None)
+    transport = make_transport(eps=0.01, tol=1e-6, check_every=1, warm_iters=None)
     plan = transport.plan(zm, zid)
     assert 1 <= transport.last_iters < transport.max_refine_iters
     torch.testing.assert_close(plan.sum(0), torch.ones(12), atol=1e-5, rtol=0)   # columns to tol, rows exact
@@ -171,8 +173,8 @@ def test_a_batch_of_problems_gives_each_problems_own_plan_cold_and_warm():
     g = torch.Generator().manual_seed(11)
     zid = torch.randn(150, 8, generator=g)
     zms = [torch.randn(150, 8, generator=g), 3.0 * torch.randn(150, 8, generator=g) + zid]  # scales differ
-    batched = DimensionTransport(eps=0.01, warm_iters=10)
-    alone = [DimensionTransport(eps=0.01, warm_iters=10) for _ in zms]
+    batched = make_transport(eps=0.01, warm_iters=10)
+    alone = [make_transport(eps=0.01, warm_iters=10) for _ in zms]
     for step in range(3):                                   # a cold start, then two warm steps
         zms = [z + 0.01 * step for z in zms]
         plans = batched.plan(torch.stack(zms), zid, key=("a", "b"))
@@ -187,7 +189,7 @@ def test_a_batch_of_problems_gives_each_problems_own_plan_cold_and_warm():
 def test_warm_plans_read_nothing_on_the_host():
     g = torch.Generator().manual_seed(5)
     zm, zid = torch.randn(200, 8, generator=g), torch.randn(200, 8, generator=g)
-    transport = DimensionTransport(eps=0.01, warm_iters=10)
+    transport = make_transport(eps=0.01, warm_iters=10)
     transport.plan(zm, zid, key="text")                       # the cold start tests convergence (reads)
     with _HostReads() as mode:
         transport.plan(zm + 0.01, zid, key="text")
@@ -197,14 +199,14 @@ def test_warm_plans_read_nothing_on_the_host():
 def test_the_warm_start_potentials_travel_in_the_state_dict_so_a_resumed_plan_is_the_uninterrupted_one(tmp_path):
     g = torch.Generator().manual_seed(21)
     zms, zid = torch.randn(2, 120, 8, generator=g), torch.randn(120, 8, generator=g)
-    transport = DimensionTransport(eps=0.01, warm_iters=10)
+    transport = make_transport(eps=0.01, warm_iters=10)
     transport.plan(zms, zid, key=("image", "text"))                          # cold, then one warm step
     transport.plan(zms + 0.01, zid, key=("image", "text"))
     torch.save(transport.state_dict(), tmp_path / "ckpt.pt")
     uninterrupted = transport.plan(zms + 0.02, zid, key=("image", "text"))
 
-    resumed = DimensionTransport(eps=0.01, warm_iters=10)
+    resumed = make_transport(eps=0.01, warm_iters=10)
     resumed.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
     assert torch.equal(resumed.plan(zms + 0.02, zid, key=("image", "text")), uninterrupted)
-    cold = DimensionTransport(eps=0.01, warm_iters=10)                       # without them: a cold start
+    cold = make_transport(eps=0.01, warm_iters=10)                       # without them: a cold start
     assert not torch.equal(cold.plan(zms + 0.02, zid, key=("image", "text")), uninterrupted)

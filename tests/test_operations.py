@@ -17,11 +17,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from recgoat.eval import FullRankingEvaluator
 from recgoat.inference import load_model
 from recgoat.training.resume import ResumeError, check_resume_data, truncate_metrics
 from recgoat.utils.config import compose, hydra_subdir, record_dir
-from tests.helpers import QUIET, TINY_DATA, compose_cfg, load_results, run_cli, run_in_process
+from tests.helpers import QUIET, TINY_DATA, compose_cfg, load_results, make_evaluator, run_cli, run_in_process
 
 QUIET_CLI = ["trainer.enable_progress_bar=false", "logger=none"]
 
@@ -34,7 +33,7 @@ def test_ddp_on_two_cpu_processes_matches_single_process_evaluation(tmp_path):
     res = load_results(run_dir)
     assert res["config"]["trainer"]["strategy"] == "ddp" and res["config"]["trainer"]["devices"] == 2
     loaded = load_model(res["best_checkpoint"])
-    evaluator = FullRankingEvaluator(loaded.dataset.train, ks=[10, 20])
+    evaluator = make_evaluator(loaded.dataset.train, ks=[10, 20])
     scorer = loaded.model.scorer()
     single_test = evaluator.evaluate(scorer, loaded.dataset.test)
     single_valid = evaluator.evaluate(scorer, loaded.dataset.valid)

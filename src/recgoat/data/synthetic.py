@@ -14,23 +14,19 @@ from recgoat.data.dataset import RecDataset
 from recgoat.data.splitting import assemble_splits, split_per_user
 
 
-def make_synthetic(n_users: int = 2000, n_items: int = 1500, n_factors: int = 16, n_clusters: int = 20,
-                   cluster_spread: float = 0.6, mean_interactions: float = 20.0, min_interactions: int = 5,
-                   temperature: float = 0.25, popularity_skew: float = 1.0,
-                   modalities: dict[str, dict] | None = None, user_feature_dim: int | None = 32,
-                   user_feature_noise: float = 0.5, seed: int = 0, split_seed: int | None = None,
-                   name: str = "synthetic") -> RecDataset:
+def make_synthetic(*, n_users: int, n_items: int, n_factors: int, n_clusters: int, cluster_spread: float,
+                   mean_interactions: float, min_interactions: int, temperature: float, popularity_skew: float,
+                   modalities: dict[str, dict] | None, user_feature_dim: int | None, user_feature_noise: float,
+                   seed: int, split_seed: int | None, name: str) -> RecDataset:
     """Generate a dataset; identical arguments give identical data.
 
     Args:
-        modalities: ``{name: {"dim": int, "noise": float}}``; default a 64-d "text" view with noise
-            0.5 and a 128-d "image" view with noise 1.0.
+        modalities: ``{name: {"dim": int, "noise": float}}`` item feature views (``None``: none).
         user_feature_dim: dimension of the user feature view; ``None`` for no user features.
         split_seed: seed of the per-user 8:1:1 split (default: ``seed``).
     """
     rng = np.random.default_rng(seed)
-    if modalities is None:
-        modalities = {"text": {"dim": 64, "noise": 0.5}, "image": {"dim": 128, "noise": 1.0}}
+    modalities = modalities or {}
 
     centres = rng.normal(size=(n_clusters, n_factors))
     item_cluster = rng.integers(n_clusters, size=n_items)

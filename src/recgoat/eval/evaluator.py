@@ -93,8 +93,8 @@ class FullRankingEvaluator:
         metrics: which of ``recall, ndcg, precision, map, hit``.
     """
 
-    def __init__(self, train: sp.csr_matrix, ks=(10, 20), user_batch: int = 2048, item_chunk: int | None = None,
-                 metrics=METRICS):
+    def __init__(self, train: sp.csr_matrix, *, ks: Iterable[int], user_batch: int, item_chunk: int | None,
+                 metrics: Iterable[str]):
         self.n_users, self.n_items = train.shape
         self.ks = sorted({int(k) for k in ks})
         if not self.ks or self.ks[0] < 1:

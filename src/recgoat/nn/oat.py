@@ -64,8 +64,8 @@ class DimensionTransport(nn.Module):
     ``[M, d_m, d_id]``.
     """
 
-    def __init__(self, eps: float = 0.01, cost_scale: float = 1.0, normalize_cost: bool = True, tol: float = 1e-4,
-                 max_refine_iters: int = 2000, check_every: int = 10, warm_iters: int | None = 10):
+    def __init__(self, *, eps: float, cost_scale: float, normalize_cost: bool, tol: float, max_refine_iters: int,
+                 check_every: int, warm_iters: int | None):
         super().__init__()
         if warm_iters is not None and warm_iters < 1:
             raise ValueError(f"oat_map.warm_iters must be >= 1 or null, got {warm_iters}")
@@ -224,7 +224,7 @@ class SinkhornW1(nn.Module):
 
     diameter = 2.0  # of L2-normalised points
 
-    def __init__(self, weight: float = 0.05, blur: float = 0.05, scaling: float = 0.5, max_points: int | None = 128):
+    def __init__(self, *, weight: float, blur: float, scaling: float, max_points: int | None):
         super().__init__()
         self.weight = weight
         self.max_points = max_points

@@ -24,7 +24,7 @@ class EarlyStopping(_LightningEarlyStopping):
     first ~20-40 epochs; a warm-up keeps patience-20 early stopping from ending it there.
     """
 
-    def __init__(self, *args, warmup_epochs: int = 0, **kwargs):
+    def __init__(self, *args, warmup_epochs: int, **kwargs):
         super().__init__(*args, **kwargs)
         self.warmup_epochs = warmup_epochs
 
@@ -89,9 +89,9 @@ class Timings(pl.Callback):
 class EpochSummary(pl.Callback):
     """Logs one line per epoch: losses, the monitored metric, and the best so far."""
 
-    def __init__(self, monitor: str, extra: tuple[str, ...] = ("valid/ndcg@20",)):
+    def __init__(self, monitor: str, extra: list[str]):
         self.monitor = monitor
-        self.extra = extra
+        self.extra = tuple(extra)
         self.best = float("-inf")
         self.best_epoch = -1
         self._t0 = 0.0
