@@ -9,7 +9,7 @@ import torch
 from recgoat.data import DataError, RecDataset
 from recgoat.graphs import degree_sensitive_pruning, normalized_bipartite_adjacency
 from recgoat.models import FREEDOM, MENTOR, MGCN, SMORE, VBPR, LGMRec
-from recgoat.models.inputs import mixing_weights
+from recgoat.models.side_features import mixing_weights
 from recgoat.nn import bpr_loss
 from recgoat.training import BPRBatches
 from recgoat.utils.config import build_model

@@ -12,8 +12,8 @@ from hydra.errors import InstantiationException
 from torch_geometric.nn import GATConv
 
 from recgoat.graphs import DeviceCSR, normalized_bipartite_adjacency
+from recgoat.graphs.csr import to_torch_csr
 from recgoat.nn import FusedGATConv, LightGCNPropagation, check_backend
-from recgoat.nn.sparse import to_torch_csr
 from recgoat.utils.config import build_model
 from tests.helpers import QUIET, TINY_DATA, run_in_process
 

@@ -7,9 +7,9 @@ import torch
 
 from recgoat.data import DataError, RecDataset, matrix_from_pairs
 from recgoat.graphs import normalized_bipartite_adjacency
-from recgoat.graphs.csr import DeviceCSR
+from recgoat.graphs.csr import DeviceCSR, spmm, to_torch_csr
 from recgoat.models import MostPop
-from recgoat.nn import LightGCNPropagation, bpr_loss, embedding_norm_penalty, spmm, to_torch_csr
+from recgoat.nn import LightGCNPropagation, bpr_loss, embedding_norm_penalty
 from recgoat.training import BPRBatches, NegativeSampler
 from recgoat.utils.config import build_model
 

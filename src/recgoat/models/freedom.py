@@ -9,8 +9,8 @@ from recgoat.graphs import degree_sensitive_pruning, normalized_bipartite_adjace
 from recgoat.graphs.csr import DeviceCSR
 from recgoat.graphs.knn import KNNGraphs, KNNSearch
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
-from recgoat.models.inputs import item_modalities, mixing_weights
-from recgoat.nn import SparseOperator, bpr_loss, feature_tables
+from recgoat.models.side_features import item_modalities, mixing_weights
+from recgoat.nn import bpr_loss, feature_tables
 from recgoat.nn.backends import lightgcn_propagation
 
 
@@ -62,7 +62,7 @@ class FREEDOM(Recommender):
         self.projections = nn.ModuleDict({m: nn.Linear(x.shape[1], d) for m, x in features.items()})
         weights = mixing_weights(self.modalities, dict(modality_weights))
         knn = KNNGraphs(knn_search, cache_dir)
-        self.item_graph = SparseOperator(sum(w * knn.normalized(features[m], knn_k, weighted=False)
+        self.item_graph = DeviceCSR(sum(w * knn.normalized(features[m], knn_k, weighted=False)
                                              for m, w in weights.items()))
         self.propagate = lightgcn_propagation(backend, n_ui_layers)
         self.full_adj = DeviceCSR(normalized_bipartite_adjacency(dataset.train))
@@ -79,7 +79,7 @@ class FREEDOM(Recommender):
         """Final (user [n_users, d], item [n_items, d]) representations; the pruned graph while training."""
         h = self.item_emb
         for _ in range(self.n_mm_layers):
-            h = self.item_graph(h)
+            h = self.item_graph @ h
         adj = self.pruned_adj if self.training else self.full_adj
         out = self.propagate(torch.cat([self.user_emb, self.item_emb]), adj)
         return out[: self.n_users], out[self.n_users:] + h

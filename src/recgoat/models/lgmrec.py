@@ -11,10 +11,10 @@ from torch import Tensor, nn
 
 from recgoat.data import RecDataset
 from recgoat.graphs import normalized_bipartite_adjacency, row_mean
-from recgoat.graphs.csr import DeviceCSR
+from recgoat.graphs.csr import DeviceCSR, spmm
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
-from recgoat.models.inputs import item_modalities
-from recgoat.nn import SparseOperator, bpr_loss, embedding_norm_penalty, spmm
+from recgoat.models.side_features import item_modalities
+from recgoat.nn import bpr_loss, embedding_norm_penalty
 from recgoat.nn.backends import lightgcn_propagation
 
 
@@ -72,8 +72,8 @@ class LGMRec(Recommender):
         adj = normalized_bipartite_adjacency(dataset.train)
         self.adj = DeviceCSR(adj)
         r = sp.csr_matrix(dataset.train, dtype=np.float32)
-        self.r = SparseOperator(r)
-        self.r_mean = SparseOperator(row_mean(dataset.train))                # mean over the user's items
+        self.r = DeviceCSR(r)
+        self.r_mean = DeviceCSR(row_mean(dataset.train))                # mean over the user's items
         self.propagate = lightgcn_propagation(backend, n_ui_layers)
 
     def _assign(self, logits: Tensor) -> Tensor:
@@ -91,12 +91,12 @@ class LGMRec(Recommender):
         for m in self.modalities:
             x = getattr(self, f"x_{m}")
             items = x @ self.projections[m]                                                      # [I, d]
-            h = torch.cat([self.r_mean(items), items])
+            h = torch.cat([self.r_mean @ items, items])
             for _ in range(self.n_mm_layers):
                 h = spmm(adj, h)
             local = local + F.normalize(h, dim=1)
             item_logits = x @ self.hyperedges[m]                                                 # [I, n_hyper]
-            user_logits = self.r(item_logits)                                                    # [U, n_hyper]
+            user_logits = self.r @ item_logits                                                    # [U, n_hyper]
             hi, hu = self._assign(item_logits), self._assign(user_logits)
             gi = cge_items
             for _ in range(self.n_hyper_layer):

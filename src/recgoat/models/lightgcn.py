@@ -8,7 +8,7 @@ from recgoat.data import RecDataset
 from recgoat.graphs import normalized_bipartite_adjacency
 from recgoat.graphs.csr import DeviceCSR
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
-from recgoat.models.inputs import item_modalities
+from recgoat.models.side_features import item_modalities
 from recgoat.nn import bpr_loss, embedding_norm_penalty
 from recgoat.nn.backends import lightgcn_propagation
 

@@ -10,11 +10,11 @@ from torch import Tensor, nn
 
 from recgoat.data import RecDataset
 from recgoat.graphs import normalized_bipartite_adjacency
-from recgoat.graphs.csr import DeviceCSR
+from recgoat.graphs.csr import DeviceCSR, spmm
 from recgoat.graphs.knn import KNNGraphs, KNNSearch
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer
-from recgoat.models.inputs import item_modalities, mixing_weights
-from recgoat.nn import SparseOperator, bpr_loss, feature_tables, info_nce, spmm
+from recgoat.models.side_features import item_modalities, mixing_weights
+from recgoat.nn import bpr_loss, feature_tables, info_nce
 
 
 class MentorBranch(nn.Module):
@@ -123,14 +123,14 @@ class MENTOR(Recommender):
 
         knn = KNNGraphs(knn_search, cache_dir)
         weights = mixing_weights(self.modalities, dict(modality_weights))
-        self.item_graph = SparseOperator(sum(w * knn.normalized(features[m], knn_k, weighted=False)
+        self.item_graph = DeviceCSR(sum(w * knn.normalized(features[m], knn_k, weighted=False)
                                              for m, w in weights.items()))
         self.adj = DeviceCSR(normalized_bipartite_adjacency(dataset.train))
 
     def _with_items_propagated(self, users: Tensor, items: Tensor) -> Tensor:
         h = items
         for _ in range(self.n_mm_layers):
-            h = self.item_graph(h)
+            h = self.item_graph @ h
         return torch.cat([users, items + h])                                        # [U + I, M*d]
 
     def _weighted(self, reps: list[Tensor]) -> Tensor:

@@ -11,7 +11,7 @@ from recgoat.graphs import normalized_bipartite_adjacency
 from recgoat.graphs.csr import DeviceCSR
 from recgoat.graphs.knn import KNNGraphs, KNNSearch
 from recgoat.models.base import ContentSideRecommender, id_embedding
-from recgoat.models.inputs import item_modalities
+from recgoat.models.side_features import item_modalities
 from recgoat.nn import FeatureGates, SideView, ViewContrast
 from recgoat.nn.backends import lightgcn_propagation
 

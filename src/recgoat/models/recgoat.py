@@ -31,7 +31,7 @@ from recgoat.graphs import normalized_bipartite_adjacency
 from recgoat.graphs.csr import DeviceCSR
 from recgoat.graphs.knn import KNNGraphs, KNNSearch
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
-from recgoat.models.inputs import fill_missing_rows, item_modalities
+from recgoat.models.side_features import fill_missing_rows, item_modalities
 from recgoat.nn import bpr_loss, check_backend, embedding_norm_penalty
 
 

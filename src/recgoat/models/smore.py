@@ -12,8 +12,8 @@ from recgoat.graphs import normalized_bipartite_adjacency
 from recgoat.graphs.csr import DeviceCSR
 from recgoat.graphs.knn import KNNGraphs, KNNSearch
 from recgoat.models.base import ContentSideRecommender, id_embedding
-from recgoat.models.inputs import item_modalities
-from recgoat.nn import SparseOperator, ViewContrast, feature_tables
+from recgoat.models.side_features import item_modalities
+from recgoat.nn import ViewContrast, feature_tables
 from recgoat.nn.backends import lightgcn_propagation
 
 
@@ -131,16 +131,16 @@ class SMORE(ContentSideRecommender):
         knn = KNNGraphs(knn_search, cache_dir)
         graphs = {m: knn.normalized(x, int(knn_k[m]), weighted=True) for m, x in features.items()}
         graphs["fusion"] = elementwise_max(list(graphs.values()))
-        self.item_graphs = {v: SparseOperator(g) for v, g in graphs.items()}
+        self.item_graphs = {v: DeviceCSR(g) for v, g in graphs.items()}
         adj = normalized_bipartite_adjacency(dataset.train)
-        self.r_hat = SparseOperator(adj[: self.n_users, self.n_users:])
+        self.r_hat = DeviceCSR(adj[: self.n_users, self.n_users:])
         self.adj = DeviceCSR(adj)
         self.propagate = lightgcn_propagation(backend, n_ui_layers)
 
     def _item_item_view(self, items: Tensor, view: str) -> Tensor:
         for _ in range(self.n_layers):
-            items = self.item_graphs[view](items)
-        return torch.cat([self.r_hat(items), items])                                        # [U + I, d]
+            items = self.item_graphs[view] @ items
+        return torch.cat([self.r_hat @ items, items])                                        # [U + I, d]
 
     def views(self) -> tuple[Tensor, Tensor]:
         """``(E^ui, E^side)``, each ``[n_users + n_items, d]`` (users first)."""

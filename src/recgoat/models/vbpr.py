@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from recgoat.data import RecDataset
 from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, check_dim
-from recgoat.models.inputs import item_modalities
+from recgoat.models.side_features import item_modalities
 from recgoat.nn import bpr_loss, embedding_norm_penalty
 
 

@@ -11,11 +11,10 @@ from recgoat.nn.losses import bpr_loss, embedding_norm_penalty
 from recgoat.nn.oat import AdaptiveTransportMap, DimensionTransport, SinkhornW1, dimension_cost
 from recgoat.nn.part import Part
 from recgoat.nn.side_view import FeatureGates, SideView, ViewContrast, feature_tables
-from recgoat.nn.sparse import SparseOperator, spmm, to_torch_csr
 
 __all__ = ["BACKENDS", "CMCL", "AdaptiveFusion", "AdaptiveTransportMap", "Alignment", "AttentionPropagation",
            "BackendUnavailable", "DimensionTransport", "FeatureGates", "FusedGATConv", "GraphAttentionEncoder",
            "LightGCNPropagation", "MLPEncoder", "ModalityBranches", "Part", "SideView", "SinkhornW1",
-           "SparseOperator", "UserLMBranch",
+           "UserLMBranch",
            "ViewContrast", "bpr_loss", "check_backend", "cmcl_loss", "dimension_cost", "edge_dropout",
-           "embedding_norm_penalty", "feature_tables", "info_nce", "lightgcn_propagation", "spmm", "to_torch_csr"]
+           "embedding_norm_penalty", "feature_tables", "info_nce", "lightgcn_propagation"]

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from recgoat.graphs.csr import DeviceCSR
+from recgoat.graphs.csr import DeviceCSR, spmm
 from recgoat.nn.part import Part
-from recgoat.nn.sparse import spmm
 
 
 class LightGCNPropagation(Part):

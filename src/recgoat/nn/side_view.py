@@ -8,10 +8,10 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
+from recgoat.graphs.csr import DeviceCSR
 from recgoat.graphs.knn import KNNGraphs
 from recgoat.nn.cmcl import info_nce
 from recgoat.nn.part import Part
-from recgoat.nn.sparse import SparseOperator
 
 
 def feature_tables(features: dict[str, np.ndarray], trainable: bool) -> nn.ParameterDict:
@@ -108,8 +108,8 @@ class SideView(Part):
         self.purifiers = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in self.modalities})
         self.preferences = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in self.modalities})
         self.query_common = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
-        self.item_graphs = {m: SparseOperator(knn.normalized(x, knn_k, weighted=True)) for m, x in features.items()}
-        self.r_hat = SparseOperator(r_hat)
+        self.item_graphs = {m: DeviceCSR(knn.normalized(x, knn_k, weighted=True)) for m, x in features.items()}
+        self.r_hat = DeviceCSR(r_hat)
         self.contrast = contrast
 
     def loss_terms(self, batch: dict[str, Tensor], reps: dict) -> Iterator[tuple[str, float, Tensor]]:
@@ -126,8 +126,8 @@ class SideView(Part):
         for m in self.modalities:
             items = item_emb * self.purifiers[m](gate_inputs[m])                                # [I, d]
             for _ in range(self.n_layers):
-                items = self.item_graphs[m](items)
-            per_modality.append(torch.cat([self.r_hat(items), items]))                          # [U + I, d]
+                items = self.item_graphs[m] @ items
+            per_modality.append(torch.cat([self.r_hat @ items, items]))                          # [U + I, d]
         stacked = torch.stack(per_modality, dim=1)                                              # [N, M, d]
         attention = torch.softmax(self.query_common(stacked), dim=1)                            # [N, M, 1]
         common = (attention * stacked).sum(1)                                                   # [N, d]
