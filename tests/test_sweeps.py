@@ -53,7 +53,7 @@ def test_results_notebook_executes_with_the_report_and_the_multirun(multirun, mo
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     text = "".join(o.get("text", "") + o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert "4 runs under" in text and "| LightGCN / synthetic |" in text       # the user's runs
-    assert "| recgoat | 4 | 0.3527 |" in text                                   # the report's leaderboard, from its CSV
+    assert "| recgoat_mgcn | 4 | 0.3527 |" in text                             # the report's leaderboard, from its CSV
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == len(FIGURES) + 1                                      # the report's figures + the runs' bars
 
