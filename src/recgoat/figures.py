@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from recgoat.utils import tables
 from recgoat.utils.config import project_root
 
 EXPERIMENTS = project_root() / "experiments"
@@ -31,10 +32,7 @@ def markdown_table(path: str | Path) -> str:
     """The CSV as a markdown table, each cell as written in the CSV."""
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
-    cell = [[c.replace("|", "\\|") for c in r] for r in rows]
-    lines = ["| " + " | ".join(cell[0]) + " |", "|" + "---|" * len(cell[0])]
-    lines += ["| " + " | ".join(r) + " |" for r in cell[1:]]
-    return "\n".join(lines) + "\n"
+    return tables.markdown(rows[0], rows[1:]) + "\n"
 
 
 def sync_tables(report: Path, root: Path | None = None, write: bool = True) -> list[str]:

@@ -13,10 +13,11 @@ Plots: ``valid_curves.png`` (validation Recall@20 per epoch, one line per run) a
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 from pathlib import Path
+
+from recgoat.utils import tables
 
 DEFAULT_METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
 
@@ -95,7 +96,7 @@ def markdown(rows: list[dict], metrics=DEFAULT_METRICS, split: str = "test") -> 
     spread = [r for r in rows if r["n"] > 1]
     best = {m: max(r[m][0] for r in spread) for m in metrics} if spread else {}
     head = ["config", "n"] + [f"{split} {m}" for m in metrics] + ["best epoch", "s/epoch"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    table = []
     for r in rows:
         cells = [r["config"], str(r["n"]) if r["n"] == most else f"{r['n']} of {most}"]
         for m in metrics:
@@ -103,7 +104,8 @@ def markdown(rows: list[dict], metrics=DEFAULT_METRICS, split: str = "test") -> 
             text = f"{mean:.4f} ± {std:.4f}" if r["n"] > 1 else f"{mean:.4f} (1 run)"
             cells.append(f"**{text}**" if r["n"] > 1 and mean == best[m] else text)
         cells += [f"{r['best_epoch']:.0f}", f"{r['epoch_s']:.1f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+        table.append(cells)
+    lines = [tables.markdown(head, table)]
     if most > 1 and any(r["n"] < most for r in rows):
         lines.append(f"\nRows marked 'n of {most}' have fewer runs than the others (a run failed or was stopped); "
                      f"rows of one run have no spread and are not bolded.")
@@ -111,13 +113,10 @@ def markdown(rows: list[dict], metrics=DEFAULT_METRICS, split: str = "test") -> 
 
 
 def write_csv(rows: list[dict], path: Path, metrics=DEFAULT_METRICS) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        stats = [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
-        w.writerow(["config", "model", "dataset", "n", "seeds", *stats])
-        for r in rows:
-            w.writerow([r["config"], r["model"], r["dataset"], r["n"], " ".join(map(str, r["seeds"]))]
-                       + [f"{v:.6f}" for m in metrics for v in r[m]])
+    stats = [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
+    tables.write_csv(path, ["config", "model", "dataset", "n", "seeds", *stats],
+                     ([r["config"], r["model"], r["dataset"], r["n"], " ".join(map(str, r["seeds"]))]
+                      + [f"{v:.6f}" for m in metrics for v in r[m]] for r in rows))
 
 
 def plot_curves(runs: list[dict], path: Path, metric: str = "recall@20") -> Path:

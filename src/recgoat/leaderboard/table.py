@@ -2,13 +2,13 @@
 the same whoever writes it and whenever: ``leaderboard.md`` / ``.csv`` / ``.json`` and ``leaderboard.png``."""
 from __future__ import annotations
 
-import csv
 import json
 import statistics
 from pathlib import Path
 
 from recgoat.leaderboard.search import Plan, best_trial, counted_trials, load_study, seed_runs, trial_seconds
 from recgoat.leaderboard.space import Space
+from recgoat.utils import tables
 from recgoat.utils.io import atomic_write
 from recgoat.utils.results import write_json_atomic
 
@@ -77,8 +77,8 @@ def markdown(rows: list[dict], metrics: list[str], plan: Plan, manifest: dict) -
              f"best configuration retrained with seeds 1..{plan.seeds} and tested once at its best valid epoch; "
              f"mean ± std over the seeds. Budget per run: {', '.join(manifest['budget_overrides'])}. "
              f"Code {str(manifest['code']['commit'])[:10]}{dirty}"
-             f", data fingerprint {manifest['data_fingerprint'][:12]}.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+             f", data fingerprint {manifest['data_fingerprint'][:12]}.", ""]
+    table = []
     for r in rows:
         cells = [f"[{r['model']}]({r['space']})", r["status"], f"{r['trials']}" + (f" ({r['failed_trials']} failed)"
                                                                                 if r["failed_trials"] else ""),
@@ -88,27 +88,20 @@ def markdown(rows: list[dict], metrics: list[str], plan: Plan, manifest: dict) -
                   "" if r["search_cpu_s_per_trial"] is None else f"{r['search_cpu_s_per_trial']:.0f}",
                   "" if r["search_wall_s_per_trial"] is None else f"{r['search_wall_s_per_trial']:.0f}",
                   _params(r["best_params"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        table.append(cells)
+    return "\n".join([*lines, tables.markdown(head, table)]) + "\n"
 
 
 def write_csv(rows: list[dict], metrics: list[str], path: Path, monitor: str) -> None:
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["model", "status", "trials", "failed_trials", "search_valid"]
-                       + [f"valid_{monitor}_mean", f"valid_{monitor}_std"]
-                       + [f"test_{m}_{s}" for m in metrics for s in ("mean", "std")]
-                       + ["n_seeds", "cpu_s", "wall_s", "search_cpu_s_per_trial", "search_wall_s_per_trial",
-                          "best_params"])
-            for r in rows:
-                v = r["valid"][monitor] or ("", "")
-                tests = [x for m in metrics for x in (r["test"][m] or ("", ""))]
-                w.writerow([r["model"], r["status"], r["trials"], r["failed_trials"], r["search_valid"], *v, *tests,
-                            len(r["seeds"]), r["cpu_s"], r["wall_s"], r["search_cpu_s_per_trial"],
-                            r["search_wall_s_per_trial"],
-                            json.dumps(r["best_params"])])
-    atomic_write(path, write)
+    header = (["model", "status", "trials", "failed_trials", "search_valid"]
+              + [f"valid_{monitor}_mean", f"valid_{monitor}_std"]
+              + [f"test_{m}_{s}" for m in metrics for s in ("mean", "std")]
+              + ["n_seeds", "cpu_s", "wall_s", "search_cpu_s_per_trial", "search_wall_s_per_trial", "best_params"])
+    tables.write_csv(path, header, ([r["model"], r["status"], r["trials"], r["failed_trials"], r["search_valid"],
+                                     *(r["valid"][monitor] or ("", "")),
+                                     *(x for m in metrics for x in (r["test"][m] or ("", ""))),
+                                     len(r["seeds"]), r["cpu_s"], r["wall_s"], r["search_cpu_s_per_trial"],
+                                     r["search_wall_s_per_trial"], json.dumps(r["best_params"])] for r in rows))
 
 
 def write_table(plan: Plan, spaces: list[Space], metrics: list[str]) -> dict:
