@@ -167,3 +167,15 @@ def test_a_misspelt_top_level_key_added_with_plus_is_refused_before_any_work(tmp
                                           r"\(conf/config.yaml\) takes .*seed"):
         run_in_process(["+seeed=1", "debug=fast"], tmp_path)
     assert not (tmp_path / "results.json").exists()
+
+
+def test_recgoat_spec_is_an_alias_of_the_published_method_and_the_variant_departs_from_it():
+    published = OmegaConf.to_container(compose(["model=recgoat"]).model)
+    assert OmegaConf.to_container(compose(["model=recgoat_spec"]).model) == published
+    variant = OmegaConf.to_container(compose(["model=recgoat_mgcn"]).model)
+    assert (published["id_encoder"]["n_layers"], variant["id_encoder"]["n_layers"]) == (3, 2)
+    assert published["side_view"] is None and variant["side_view"]["_target_"] == "recgoat.nn.SideView"
+    assert published["fusion"] is not None and variant["fusion"] is None
+    assert published["user_branch"]["init_weight"] == 1.0 and variant["user_branch"] is None
+    assert (published["modality_branches"]["knn_k"], published["modality_branches"]["encoder"]["heads"]) == (20, 8)
+    assert published["alignment"]["cmcl"]["max_items"] is None and not published["alignment"]["detach_targets"]
