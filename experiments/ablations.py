@@ -39,9 +39,9 @@ def composed_keys(overrides: list[str]) -> set[str] | None:
     """The dotted keys of the run config ``overrides`` compose (to drop best parameters a model does not take)."""
     from omegaconf import OmegaConf
 
-    from recgoat.utils.config import apply_experiment, compose, model_choice
-    cfg = compose(overrides)
-    apply_experiment(cfg, model_choice(overrides))
+    from recgoat.utils.config import apply_experiment, compose_run
+    cfg, model_name = compose_run(overrides)
+    apply_experiment(cfg, model_name)
     keys: set[str] = set()
 
     def walk(node, path):

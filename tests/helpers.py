@@ -70,11 +70,11 @@ def compose_cfg(overrides: list[str], output_dir: Path):
 
 def run_in_process(overrides: list[str], output_dir: Path) -> dict:
     from recgoat.run import train
-    from recgoat.utils.config import model_choice
     cfg = compose_cfg(overrides, output_dir)
+    model_name = cfg.hydra.runtime.choices.model
     with open_dict(cfg):
         del cfg["hydra"]
-    return train(cfg, output_dir=output_dir, model_name=model_choice(overrides))
+    return train(cfg, output_dir=output_dir, model_name=model_name)
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None,

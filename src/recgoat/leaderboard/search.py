@@ -136,7 +136,7 @@ def run_one(overrides: list[str], out: Path) -> dict:
     """``recgoat.run <overrides>`` in this process, into ``out``; its log and printed table go to
     ``out/run.log`` (warnings too). Returns its results with the wall and CPU seconds it took."""
     from recgoat.run import train
-    from recgoat.utils.config import compose, model_choice
+    from recgoat.utils.config import compose_run
 
     out.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(out / "run.log")
@@ -152,7 +152,8 @@ def run_one(overrides: list[str], out: Path) -> dict:
     wall0, cpu0 = time.perf_counter(), time.process_time()
     try:
         with open(out / "run.log", "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-            results = train(compose(overrides), output_dir=out, model_name=model_choice(overrides))
+            cfg, model_name = compose_run(overrides)
+            results = train(cfg, output_dir=out, model_name=model_name)
     finally:
         quiet[0].removeHandler(handler)
         handler.close()
@@ -165,10 +166,10 @@ def expected_hash(overrides: list[str]) -> str:
     """The config hash a run started with ``overrides`` records (see ``recgoat.utils.provenance``)."""
     from omegaconf import OmegaConf
 
-    from recgoat.utils.config import apply_experiment, compose, model_choice
+    from recgoat.utils.config import apply_experiment, compose_run
     from recgoat.utils.provenance import config_hash
-    cfg = compose(overrides)
-    apply_experiment(cfg, model_choice(overrides))
+    cfg, model_name = compose_run(overrides)
+    apply_experiment(cfg, model_name)
     return config_hash(OmegaConf.to_container(cfg, resolve=True))
 
 

@@ -48,39 +48,42 @@ class ConfigError(ValueError):
     """A config names a key its component does not take."""
 
 
-def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config") -> DictConfig:
-    """The config ``python -m recgoat.run <overrides>`` composes, outside a Hydra app (tests, benchmarks,
-    notebooks), without the ``hydra`` node; interpolations of ``${hydra:...}`` are left unresolved."""
+def _compose(overrides: list[str] | tuple[str, ...], config_name: str, with_hydra: bool) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return hydra_compose(config_name, overrides=list(overrides))
+        return hydra_compose(config_name, overrides=list(overrides), return_hydra_config=with_hydra)
+
+
+def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config") -> DictConfig:
+    """The config ``python -m recgoat.run <overrides>`` composes, outside a Hydra app (tests, benchmarks,
+    notebooks), without the ``hydra`` node; interpolations of ``${hydra:...}`` are left unresolved."""
+    return _compose(overrides, config_name, with_hydra=False)
+
+
+def compose_run(overrides: list[str] | tuple[str, ...]) -> tuple[DictConfig, str]:
+    """:func:`compose`'s run config and the model group's choice it made (the command line's ``model=``, an
+    experiment's, or the root config's default, as Hydra records it), from one composition."""
+    from omegaconf import open_dict
+
+    cfg = _compose(overrides, "config", with_hydra=True)
+    choice = cfg.hydra.runtime.choices.model
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, choice
 
 
 def build_model(dataset, overrides: list[str] | tuple[str, ...] = ()):
     """The model ``python -m recgoat.run <overrides>`` trains, built on ``dataset`` from its real config."""
     from hydra.utils import instantiate
 
-    cfg = compose(overrides)
-    apply_experiment(cfg, model_choice(overrides))
+    cfg, model_name = compose_run(overrides)
+    apply_experiment(cfg, model_name)
     check_targets(cfg)
     return instantiate(cfg.model)(dataset=dataset)
-
-
-def model_choice(overrides: list[str] | tuple[str, ...]) -> str:
-    """The model group's choice that ``recgoat.run <overrides>`` makes (the command line's ``model=``, an
-    experiment's, or the root config's default), as Hydra records it in ``hydra.runtime.choices``."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
-    return cfg.hydra.runtime.choices.model
 
 
 def apply_experiment(cfg: DictConfig, model_name: str | None = None) -> None:
