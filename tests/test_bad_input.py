@@ -23,9 +23,9 @@ RUN = [*TINY_DATA, *QUIET, "trainer.max_epochs=1"]
     ("evaluation.user_batch=0", r"evaluation.user_batch and evaluation.item_chunk must be positive integers"),
     ("datamodule.batch_size=0", r"datamodule.batch_size must be a positive integer, got 0"),
     ("model.embedding_dim=0", r"model.embedding_dim must be a positive integer, got 0"),
-    ("trainer.max_epochs=abc", r"trainer.max_epochs must be an int, got 'abc'"),
-    ("optimizer.lr=abc", r"optimizer.lr must be a number, got 'abc'"),
-    ("seed=1.5", r"seed must be an int, got 1.5"),
+    ("trainer.max_epochs=abc", r"trainer.max_epochs='abc': pytorch_lightning.Trainer takes Optional\[int\] there"),
+    ("optimizer.lr=abc", r"optimizer.lr='abc': torch.optim.Adam takes float \| torch.Tensor there"),
+    ("seed=1.5", r"datamodule.seed=1.5 \(from \$\{seed\}\): recgoat.training.RecDataModule takes int there"),
 ])
 def test_bad_run_settings_are_named_before_training(tmp_path, override, message):
     with pytest.raises(Exception, match=message):
@@ -39,6 +39,21 @@ def test_a_damaged_checkpoint_given_as_ckpt_path_is_named(tmp_path, content):
     ckpt.write_bytes(content)
     with pytest.raises(CheckpointError, match=rf"{ckpt}: not a readable checkpoint"):
         run_in_process([*RUN, f"ckpt_path={ckpt}"], tmp_path / "run")
+
+
+def test_a_checkpoint_of_another_model_or_other_data_given_as_ckpt_path_is_named(tmp_path):
+    trained = run_in_process(["model=lightgcn", *RUN], tmp_path / "lightgcn")
+    ckpt = trained["best_checkpoint"]
+    with pytest.raises(CheckpointError, match=rf"ckpt_path={ckpt}: its weights are a recgoat.models.LightGCN's, "
+                                              rf"which do not fit this run's BPRMF \(missing .*start from a "
+                                              rf"checkpoint of the same model"):
+        run_in_process(["model=bpr", *RUN, f"ckpt_path={ckpt}"], tmp_path / "bpr")
+    with pytest.raises(CheckpointError, match=r"its weights are a recgoat.models.LightGCN's.*\(item_emb is \[100, 64\] "
+                                              r"there, \[100, 32\] here\)"):
+        run_in_process(["model=lightgcn", "model.embedding_dim=32", *RUN, f"ckpt_path={ckpt}"], tmp_path / "dim")
+    with pytest.raises(CheckpointError, match=rf"ckpt_path={ckpt}: .*but the data loaded now is 'synthetic' \(150 "
+                                              rf"users.*start from a checkpoint of this data"):
+        run_in_process(["model=lightgcn", *RUN, "dataset.seed=5", f"ckpt_path={ckpt}"], tmp_path / "data")
 
 
 def test_zero_dim_bpr_and_features_without_columns_or_values_are_refused(tiny_synthetic, tmp_path):

@@ -105,7 +105,7 @@ def test_every_dataset_config_composes_and_loads(dataset, tmp_path):
 
 
 @pytest.mark.parametrize("overrides", [["hydra/launcher=local_parallel"], ["hydra/launcher=slurm"],
-                                       ["+hparams_search=recgoat_optuna"], ["+hparams_search=lightgcn_optuna"]],
+                                       ["hydra/sweeper=space"]],
                          ids=lambda o: o[0])
 def test_launcher_and_sweeper_configs_instantiate(overrides, tmp_path):
     cfg = compose_cfg(overrides, tmp_path)
@@ -132,6 +132,24 @@ def test_a_misspelt_component_key_fails_at_start_up_naming_its_path(tmp_path):
     assert not (tmp_path / "results.json").exists()
     with pytest.raises(ConfigError, match=r"model: unknown key\(s\) \['mode'\] for recgoat\.models\.RecGOAT"):
         run_in_process(["model=recgoat", "+model.mode=naive", "debug=fast"], tmp_path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.embedding_dim=abc", "model.embedding_dim='abc': recgoat.models.RecGOAT takes int there"),
+    ("evaluation.user_batch=abc", "datamodule.eval_batch_size='abc' (from ${evaluation.user_batch}): "
+                                   "recgoat.training.RecDataModule takes int there"),
+    ("callbacks.early_stopping.patience=abc",   # a parameter of Lightning's class, passed on through **kwargs
+     "callbacks.early_stopping.patience='abc': recgoat.training.EarlyStopping takes int there"),
+    ("datamodule.batch_size=1.5", "datamodule.batch_size=1.5: recgoat.training.RecDataModule takes int there"),
+    ("optimizer.lr=abc", "optimizer.lr='abc': torch.optim.Adam takes float | torch.Tensor there"),
+    ("model.reg_weight=true", "model.reg_weight=True: recgoat.models.RecGOAT takes float there"),
+    ("trainer.deterministic=maybe", "trainer.deterministic='maybe': pytorch_lightning.Trainer takes"),
+])
+def test_every_value_is_checked_against_its_parameter_before_any_work(tmp_path, override, message):
+    with pytest.raises(ConfigError) as e:
+        run_in_process(["model=recgoat", override, "debug=tiny"], tmp_path)
+    assert str(e.value).startswith(message)
+    assert not tmp_path.exists()    # refused before anything was written: the empty run folder is removed again
 
 
 def test_debug_fast_runs_recgoat_on_the_default_data(tmp_path):

@@ -1,4 +1,5 @@
-"""The GPU path (``-m gpu``; every test skips without CUDA): ``trainer=gpu`` for every model, RecGOAT's forward and
+"""The GPU path (``-m gpu``; every test skips without CUDA): ``trainer=gpu`` for every model, training steps that never
+wait for the device (``set_sync_debug_mode("error")``), RecGOAT's forward and
 evaluation on the GPU against the CPU, and mixed precision. Run by benchmarks/gpu.sh on a GPU machine."""
 from __future__ import annotations
 
@@ -52,3 +53,24 @@ def test_mixed_precision_trains_to_the_accuracy_of_full_precision(tmp_path, mode
     mixed = run_in_process([*args, f"+trainer.precision={precision}"], tmp_path / precision)
     assert mixed["config"]["trainer"]["precision"] == precision
     assert mixed["valid"]["recall@20"] == pytest.approx(full["valid"]["recall@20"], abs=0.05)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_training_step_on_the_gpu_never_waits_for_the_device(model):
+    from hydra.utils import instantiate
+
+    from recgoat.utils.config import apply_experiment, compose_run
+    cfg, name = compose_run([f"model={model}", *TINY_DATA])
+    apply_experiment(cfg, name)
+    dataset = instantiate(cfg.dataset)
+    rec = instantiate(cfg.model)(dataset=dataset).cuda()
+    batches = iter(BPRBatches(dataset, batch_size=64, seed=0, epoch_fn=lambda: 0))
+    for step in range(2):   # the first step may start warm state (the OT map's potentials, solved to tol)
+        rec.on_train_epoch_start(0)
+        batch = {k: v.cuda() for k, v in next(batches).items()}
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error" if step == 1 else "default")
+        try:
+            rec.loss(batch)["loss"].backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")

@@ -120,3 +120,16 @@ def test_a_checkpoint_whose_relative_data_path_does_not_resolve_here_says_where_
                                               r"relative to the current directory .*\+dataset.path=<folder>"):
         load_model(res["best_checkpoint"])
     assert load_model(res["best_checkpoint"], dataset_overrides={"path": str(folder)}).dataset.n_users == 6
+
+
+def test_outputs_of_the_wrong_kind_are_refused_before_any_work(trained, tmp_path):
+    _, res = trained
+    (tmp_path / "a_file").write_text("keep")
+    for command, out, message in (
+            ("recommend", tmp_path, f"out={tmp_path} is a folder; this command writes one file there"),
+            ("export", tmp_path / "a_file", f"out={tmp_path / 'a_file'} is a file; this command writes a folder"),
+            ("recommend", tmp_path / "a_file" / "recs.csv", f"{tmp_path / 'a_file'} is a file, so nothing can be")):
+        proc = subprocess.run([sys.executable, "-m", f"recgoat.{command}", f"ckpt={res['best_checkpoint']}",
+                               f"out={out}"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"] and (tmp_path / "a_file").read_text() == "keep"

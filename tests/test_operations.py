@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from recgoat.inference import load_model
-from recgoat.training.resume import ResumeError, check_resume_data, truncate_metrics
-from recgoat.utils.config import compose, hydra_subdir, record_dir
+from recgoat.training.run_folder import RunFolderError, check_resume_data, folder_lock, record_dir, truncate_metrics
+from recgoat.utils.config import compose
 from tests.helpers import QUIET, TINY_DATA, compose_cfg, load_results, make_evaluator, run_cli, run_in_process
 
 QUIET_CLI = ["trainer.enable_progress_bar=false", "logger=none"]
@@ -40,6 +40,13 @@ def test_ddp_on_two_cpu_processes_matches_single_process_evaluation(tmp_path):
     # sums and counts are reduced over ranks, so sharded evaluation is exact, not a mean of means
     assert single_test == pytest.approx(res["test"], abs=1e-12)
     assert single_valid == pytest.approx(res["valid"], abs=1e-12)
+
+    # a DDP run resumes in its own folder (rank 1's command names it): as if stopped after its last epoch
+    (run_dir / "results.json").unlink()
+    run_cli([f"resume={run_dir}", "trainer.max_epochs=4"], cwd=tmp_path)
+    resumed = load_results(run_dir)
+    assert [h["epoch"] for h in resumed["valid_history"]] == [0, 1, 2, 3], resumed["timings"]
+    assert resumed["valid_history"][:3] == res["valid_history"]
 
 
 def _last_epoch(ckpt) -> int:
@@ -96,13 +103,17 @@ def test_the_readmes_resume_command_after_a_kill_equals_the_uninterrupted_run_in
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and re.search(r"would change it and are refused: \['model.embedding_dim=8'\] \(a "
                                               r"resume accepts \['resume', 'trainer.max_epochs'", proc.stderr)
-    with pytest.raises(ResumeError, match=rf"{killed} already holds a run .*resume={killed}"):
+    with pytest.raises(RunFolderError, match=rf"{killed} already holds a run .*resume={killed}"):
         run_in_process(RESUME_ARGS, killed)
     other = tmp_path / "fork"
     proc = subprocess.run([sys.executable, "-m", "recgoat.run", f"resume={killed}", f"hydra.run.dir={other}"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "would fork it into another one" in proc.stderr
-    assert not (other / "csv").exists() and not (other / "checkpoints").exists()
+    assert not other.exists()                          # the folder Hydra made for the refused fork is gone again
+    proc = subprocess.run([sys.executable, "-m", "recgoat.run", f"resume={tmp_path / 'nowhere'}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "nowhere/.hydra/config.yaml not found; resume= takes the folder" in proc.stderr
+    assert not (tmp_path / "nowhere").exists()
     assert {p: p.read_bytes() for p in killed.rglob("*") if p.is_file()} == before   # byte-identical, nothing added
 
     copied = tmp_path / "moved" / "copy"
@@ -146,7 +157,7 @@ def test_a_resumed_recgoat_run_takes_the_uninterrupted_runs_steps(tmp_path):
 KILL_AFTER_VALIDATION_CHECKPOINT = """
 import os, signal, sys
 from recgoat.run import main
-from recgoat.training.persist import ModelCheckpoint
+from recgoat.training import ModelCheckpoint
 hook = ModelCheckpoint.on_train_epoch_end
 def on_train_epoch_end(self, trainer, pl_module):
     hook(self, trainer, pl_module)
@@ -178,20 +189,59 @@ def test_a_kill_between_an_epochs_checkpoint_and_its_training_rows_resumes_to_th
         f"best-epoch{full['best_epoch']:04d}.ckpt", "last.ckpt"]
 
 
-def test_hydra_records_a_command_in_a_new_folder_only_and_a_resume_beside_the_record(tmp_path):
-    assert hydra_subdir(str(tmp_path)) == ".hydra"
-    (tmp_path / ".hydra").mkdir()
-    (tmp_path / ".hydra" / "config.yaml").write_text("seed: 1\n")
-    assert hydra_subdir(str(tmp_path)) is None          # a folder with a record: Hydra writes nothing into it
+def test_a_folder_is_held_by_one_process_and_a_killed_holder_is_taken_over(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+                               "from recgoat.training.run_folder import folder_lock\n"
+                               "with folder_lock(Path(sys.argv[1]), 'x') as name_holder:\n"
+                               "    name_holder(); print('held', flush=True); time.sleep(600)", str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(RunFolderError, match=rf"{tmp_path} is in use by pid {holder.pid} on .* since .*; this "
+                                                 rf"resume is refused \(one process per folder\)"):
+            with folder_lock(tmp_path, "this resume"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    stale = (tmp_path / ".lock").read_text()
+    assert stale.startswith(f"pid {holder.pid} on ")             # killed: its name stays, the kernel freed the lock
+    with folder_lock(tmp_path, "this run") as name_holder:        # taken over, its name replaced once the run starts
+        assert (tmp_path / ".lock").read_text() == stale
+        name_holder()
+        assert (tmp_path / ".lock").read_text().startswith(f"pid {os.getpid()} on ")
+    assert (tmp_path / ".lock").read_text() == ""                 # released in order
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    with pytest.raises(KeyError), folder_lock(fresh, "this run"):
+        raise KeyError("refused before it was used")
+    assert list(fresh.iterdir()) == []                             # a refused command leaves no lock file
     assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}", record_dir(tmp_path).name)
-    assert record_dir(tmp_path).parent == tmp_path / ".hydra"
+
+
+def test_a_restart_rewrites_the_record_and_a_resume_trains_with_it(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["model=lightgcn", *TINY_DATA, *QUIET_CLI, f"hydra.run.dir={run_dir}"]
+    # the first attempt stopped before its first checkpoint (here refused after it was recorded): only its record
+    proc = subprocess.run([sys.executable, "-m", "recgoat.run", *args, "trainer.max_epochs=0",
+                           "model.reg_weight=0.001"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "trainer.max_epochs must be >= 1" in proc.stderr
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").model.reg_weight == 0.001
+    with pytest.raises(RunFolderError, match=r"last.ckpt not found: the run was stopped before its first validation.*"
+                                             r"start it again into the same folder"):
+        run_in_process([f"resume={run_dir}"], run_dir)
+    run_cli([*args, "trainer.max_epochs=2", "model.reg_weight=0.5"], cwd=tmp_path)
+    record = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    assert record.model.reg_weight == 0.5 and record.trainer.max_epochs == 2
+    assert load_results(run_dir)["config"]["model"]["reg_weight"] == 0.5
+    assert "model.reg_weight=0.5" in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
 
 
 def test_resume_onto_changed_data_is_refused_and_metrics_are_cut_at_the_checkpoint(tmp_path, tiny_synthetic):
     ckpt_run = run_in_process(["model=lightgcn", *TINY_DATA, "logger=none", "trainer.max_epochs=2"], tmp_path / "r")
     ckpt = Path(ckpt_run["best_checkpoint"])
     assert check_resume_data(ckpt, instantiate(compose(TINY_DATA).dataset)) == ckpt_run["best_epoch"]
-    with pytest.raises(ResumeError, match=r"but the data loaded now is 'synthetic' \(120 users.*the data changed"):
+    with pytest.raises(RunFolderError, match=r"but the data loaded now is 'synthetic' \(120 users.*the data changed"):
         check_resume_data(ckpt, tiny_synthetic)
     metrics = tmp_path / "metrics.csv"
     metrics.write_text("epoch,step,train/loss,valid/recall@20\n0,1,0.5,\n0,1,,0.1\n1,2,0.4,\n1,2,,0.2\n2,3,0.3,\n")
@@ -201,7 +251,6 @@ def test_resume_onto_changed_data_is_refused_and_metrics_are_cut_at_the_checkpoi
 
 def test_a_resume_from_another_directory_is_told_where_the_data_is_now(tmp_path, monkeypatch):
     from recgoat.run import train
-    from recgoat.training.resume import resume_config
     data = tmp_path / "project"
     data.mkdir()
     rows = "".join(f"u{u},i{(u * 7 + k) % 40}\n" for u in range(60) for k in range(10))
@@ -210,19 +259,18 @@ def test_a_resume_from_another_directory_is_told_where_the_data_is_now(tmp_path,
     monkeypatch.chdir(data)                                      # the run was started next to its data
     first = ["model=lightgcn", "dataset=csv", "dataset.path=events.csv", "dataset.name=events", "trainer.max_epochs=2",
              *QUIET, "callbacks.early_stopping.patience=100"]
-    run_in_process(first, run_dir)
+    run_in_process(first, run_dir)                               # records its command, as the CLI does
     (run_dir / "results.json").unlink()                          # as if it had been stopped after epoch 2
-    record = compose_cfg(first, run_dir)                         # Hydra's record of the command (the CLI writes it)
-    with open_dict(record):
-        del record["hydra"]
-    (run_dir / ".hydra").mkdir()
-    OmegaConf.save(record, run_dir / ".hydra" / "config.yaml")
-    cfg = compose_cfg([f"resume={run_dir}", "trainer.max_epochs=3"], run_dir)
     monkeypatch.chdir(tmp_path)                                  # resumed from elsewhere: the relative path fails
-    with pytest.raises(ResumeError, match=r"(?s)could not be loaded from dataset.path='events.csv' \(a relative "
-                                          r"path is read from the current directory.*\+dataset.path=<path>"):
-        train(resume_config(cfg, [f"resume={run_dir}", "trainer.max_epochs=3"]), output_dir=run_dir)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(RunFolderError, match=r"(?s)could not be loaded from dataset.path='events.csv' \(a relative "
+                                             r"path is read from the current directory.*\+dataset.path=<path>"):
+        train(compose_cfg([f"resume={run_dir}", "trainer.max_epochs=3"], run_dir), output_dir=run_dir)
+    with pytest.raises(RunFolderError, match=r"trainer.max_epochs=1: the checkpoint has trained 2 epochs already; "
+                                             r"give at least trainer.max_epochs=2"):
+        train(compose_cfg([f"resume={run_dir}", "trainer.max_epochs=1", f"+dataset.path={data / 'events.csv'}"],
+                          run_dir), output_dir=run_dir)
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before      # refused: nothing written
     overrides = [f"resume={run_dir}", "trainer.max_epochs=3", f"+dataset.path={data / 'events.csv'}"]
-    cfg = compose_cfg(overrides, run_dir)
-    results = train(resume_config(cfg, overrides), output_dir=run_dir)
+    results = train(compose_cfg(overrides, run_dir), output_dir=run_dir)
     assert results["timings"]["epochs"] == 3                     # continued from its checkpoint

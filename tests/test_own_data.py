@@ -119,7 +119,7 @@ def test_parquet_reads_like_csv_where_pyarrow_is_installed(tmp_path):
     assert a.fingerprint() == b.fingerprint()
 
 
-def test_item_table_names_its_columns_resolves_images_and_checks_rows(tmp_path):
+def test_item_table_names_its_columns_resolves_images_and_checks_rows(tmp_path, caplog):
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "a.jpg").write_bytes(b"not checked here")
     (tmp_path / "items.csv").write_text("sku,name,about,pic\nA,Lamp,A desk lamp,img/a.jpg\nB,Chair,,img/b.jpg\n"
@@ -127,6 +127,7 @@ def test_item_table_names_its_columns_resolves_images_and_checks_rows(tmp_path):
     items = table_items(tmp_path / "items.csv", "sku", ["name", "about"], "pic")
     assert items == {"A": {"name": "Lamp", "about": "A desk lamp", "image": tmp_path / "img" / "a.jpg"},
                      "B": {"name": "Chair", "about": None, "image": None}}  # b.jpg does not exist
+    assert "1 repeated item id(s), the first row of each is used: 'A' (line 4, first on line 2)" in caplog.text
     (tmp_path / "items.jsonl").write_text('{"sku": "A", "name": "Lamp"}\n\n{"sku": 7, "name": "Seven"}\n')
     assert table_items(tmp_path / "items.jsonl", "sku", ["name"]) == {"A": {"name": "Lamp", "image": None},
                                                                        "7": {"name": "Seven", "image": None}}

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from recgoat.inference import LoadedModel, load_model
 from recgoat.models.base import EmbeddingScorer
 from recgoat.utils.config import conf_dir
+from recgoat.utils.io import check_output
 
 log = logging.getLogger("recgoat")
 
@@ -68,6 +69,7 @@ def export_embeddings(loaded: LoadedModel, out: str | Path, ckpt: str | Path | N
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="export")
 def main(cfg: DictConfig) -> None:
+    check_output(cfg.out, "folder")
     loaded = load_model(cfg.ckpt, dataset_overrides=cfg.get("dataset"), device=cfg.device)
     manifest = export_embeddings(loaded, cfg.out, ckpt=cfg.ckpt)
     log.info("exported %d users x %d items (d=%d) to %s", manifest["n_users"], manifest["n_items"],

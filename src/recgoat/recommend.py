@@ -27,6 +27,7 @@ from recgoat.eval import top_k
 from recgoat.graphs import DeviceCSR
 from recgoat.inference import LoadedModel, load_model
 from recgoat.utils.config import conf_dir, typed
+from recgoat.utils.io import check_output
 
 log = logging.getLogger("recgoat")
 
@@ -103,6 +104,8 @@ def main(cfg: DictConfig) -> None:
         raise ValueError(f"format must be 'jsonl' or 'csv', got {cfg.format!r}")
     if typed(cfg, "k", int) < 1:
         raise ValueError(f"k must be a positive integer, got {cfg.k}")
+    if cfg.out:
+        check_output(cfg.out, "file")
     loaded = load_model(cfg.ckpt, dataset_overrides=cfg.get("dataset"), device=cfg.device)
     users, unknown = resolve_users(loaded, cfg.users)
     if unknown:

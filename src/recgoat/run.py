@@ -13,28 +13,21 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from recgoat.training import RecModule, RunSummary, Timings
-from recgoat.training.resume import (
-    ResumeError,
-    check_resume_data,
-    refuse_other_run_dir,
-    refuse_used_run_dir,
-    resume_config,
-    saved_model_choice,
-    truncate_metrics,
-    write_resume_record,
-)
-from recgoat.utils.config import apply_experiment, check_root_keys, check_targets, conf_dir, typed
+from recgoat.training.run_folder import RunFolder, RunFolderError, RunState, claim
+from recgoat.utils.config import apply_experiment, check_root_keys, check_targets, conf_dir, threads_per_job, typed
 
 log = logging.getLogger("recgoat")
 
@@ -58,7 +51,7 @@ def task_wrapper(task):
     return wrapped
 
 
-def check_run(cfg: DictConfig, evaluator, model) -> None:
+def check_run(cfg: DictConfig, dataset, evaluator, model) -> None:
     """What would otherwise fail late (after training) or deep (in Lightning or torch), said up front."""
     if cfg.monitor not in evaluator.names:
         raise ValueError(f"monitor={cfg.monitor} is not among the evaluated metrics {evaluator.names}; add its cut-off "
@@ -67,59 +60,50 @@ def check_run(cfg: DictConfig, evaluator, model) -> None:
     if model.trainable and max_epochs is not None and max_epochs < 1:
         raise ValueError(f"trainer.max_epochs must be >= 1 to train {type(model).__name__} (got {max_epochs}); "
                          f"the best epoch is selected on valid, so at least one epoch must run")
-    if cfg.get("ckpt_path") and cfg.get("resume") is None:  # a resume has read it (check_resume_data)
-        from recgoat.training.checkpoint import read_checkpoint
-        read_checkpoint(cfg.ckpt_path)  # a missing, empty or truncated file: a message naming it, before any work
+    if cfg.get("ckpt_path") and cfg.get("resume") is None:  # a resume has read it (RunFolder.accept)
+        from recgoat.training.checkpoint import check_start, read_checkpoint
+        # a missing, empty or truncated file, other data or another model: a message naming it, before any work
+        check_start(cfg.ckpt_path, read_checkpoint(cfg.ckpt_path), dataset, model)
 
 
 @task_wrapper
-def train(cfg: DictConfig, output_dir: str | Path | None = None, resume_overrides: list[str] = (),
-          model_name: str | None = None) -> dict:
-    """Run one experiment from a composed config; returns the results dict written to results.json.
-    ``resume_overrides``: the command line of a resume, recorded in the run folder once the resume is accepted.
-    ``model_name``: the model group's choice (``recgoat``, ``recgoat_mgcn``, ...), for messages and the results."""
+def train(cfg: DictConfig, output_dir: str | Path | None = None, model_name: str | None = None) -> dict:
+    """Run one experiment from a composed config (``resume=`` set: continue the run in that folder); returns the
+    results dict written to results.json. ``model_name``: the model group's choice (``recgoat``, ``recgoat_mgcn``,
+    ...), for messages and the results (a resume reads the run's own)."""
     output_dir = Path(output_dir or HydraConfig.get().runtime.output_dir)
+    with claim(output_dir, cfg, model_name) as folder:   # this process's folder; nothing written until accepted
+        return train_in(folder)
+
+
+def train_in(folder: RunFolder) -> dict:
+    cfg, model_name = folder.config, folder.model_name
     apply_experiment(cfg, model_name)
     check_targets(cfg)
     check_root_keys(cfg)
-    for key, kind in (("seed", int), ("optimizer.lr", float), ("datamodule.batch_size", int)):
-        typed(cfg, key, kind)
-    typed(cfg, "trainer.max_epochs", int, optional=True)
-    resuming = cfg.get("resume") is not None
-    if not resuming:
-        refuse_used_run_dir(output_dir)
+    typed(cfg, "seed", int)   # the root's own value (check_targets checks every component's)
+    set_threads(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     t0 = time.perf_counter()
-    try:
-        dataset = instantiate(cfg.dataset)
-    except Exception as e:
-        if not resuming or cfg.dataset.get("path") is None:
-            raise
-        raise ResumeError(f"resume={cfg.resume}: the run's data could not be loaded from dataset.path="
-                          f"{cfg.dataset.path!r} (a relative path is read from the current directory, {Path.cwd()}): "
-                          f"{e.__cause__ or e}; say where it is now with +dataset.path=<path> (it must have the data "
-                          f"fingerprint "
-                          f"the checkpoint recorded)") from e
+    dataset = load_dataset(cfg)
     load_s = time.perf_counter() - t0
+    folder.accept(dataset)   # the data is the checkpoint's (a resume); the record and the log are written
     log.info("%r (loaded in %.1fs)", dataset, load_s)
-    if resuming:  # the data the checkpoint was trained on, or nothing in the run folder is touched
-        truncate_metrics(output_dir / "csv" / "metrics.csv", check_resume_data(cfg.ckpt_path, dataset))
-        write_resume_record(output_dir, cfg, resume_overrides)
     model = instantiate(cfg.model)(dataset=dataset)
     log.info("model=%s (%s)", model_name or "?", type(model).__name__)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     evaluator = instantiate(cfg.evaluation)(train=dataset.train)
-    check_run(cfg, evaluator, model)
+    check_run(cfg, dataset, evaluator, model)
     module = RecModule(model, dataset, optimizer=instantiate(cfg.optimizer), evaluator=evaluator,
                        run_config=resolved)
     datamodule = instantiate(cfg.datamodule)(dataset=dataset)
 
-    timings = Timings()
-    summary = RunSummary(output_dir, timings, run_config=resolved, dataset=dataset, model=model, load_s=load_s,
+    state = RunState(cfg.monitor, Timings())
+    summary = RunSummary(folder.path, state, run_config=resolved, dataset=dataset, model=model, load_s=load_s,
                          test=cfg.test, model_name=model_name)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[*instantiate_group(cfg.get("callbacks")), timings,
-                                                              summary],
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[*instantiate_group(cfg.get("callbacks")), state,
+                                                              state.timings, summary],
                                       logger=instantiate_group(cfg.get("logger")) or False)
     if model.trainable:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -130,15 +114,34 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, resume_override
     return summary.results
 
 
+def set_threads(cfg: DictConfig) -> None:
+    """``threads`` torch threads, or in a parallel multirun (a launcher with ``n_jobs``) the cores shared among its
+    jobs; ``OMP_NUM_THREADS``, where set, is the user's choice and kept."""
+    jobs = 1
+    if HydraConfig.initialized() and "OMP_NUM_THREADS" not in os.environ:
+        jobs = HydraConfig.get().launcher.get("n_jobs") or 1
+        jobs = len(os.sched_getaffinity(0)) if jobs < 0 else jobs    # joblib's -1: one job per core
+    threads = threads_per_job(jobs, typed(cfg, "threads", int, optional=True))
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def load_dataset(cfg: DictConfig):
+    try:
+        return instantiate(cfg.dataset)
+    except Exception as e:
+        if cfg.get("resume") is None or cfg.dataset.get("path") is None:
+            raise
+        raise RunFolderError(f"resume={cfg.resume}: the run's data could not be loaded from dataset.path="
+                             f"{cfg.dataset.path!r} (a relative path is read from the current directory, "
+                             f"{Path.cwd()}): {e.__cause__ or e}; say where it is now with +dataset.path=<path> (it "
+                             f"must have the data fingerprint the checkpoint recorded)") from e
+
+
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def main(cfg: DictConfig) -> float:
-    overrides = list(HydraConfig.get().overrides.task)
-    if cfg.get("resume") is not None:
-        refuse_other_run_dir(list(HydraConfig.get().overrides.hydra))
-        cfg = resume_config(cfg, overrides)
-        return train(cfg, resume_overrides=overrides, model_name=saved_model_choice(cfg.resume))["valid"][cfg.monitor]
-    model_name = HydraConfig.get().runtime.choices.get("model")
-    return train(cfg, model_name=model_name)["valid"][cfg.monitor]  # what sweepers (e.g. Optuna) optimise
+    results = train(cfg, model_name=HydraConfig.get().runtime.choices.get("model"))
+    return results["valid"][results["config"]["monitor"]]  # what sweepers (e.g. Optuna) optimise; a resume's own
 
 
 if __name__ == "__main__":

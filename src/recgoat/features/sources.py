@@ -123,14 +123,16 @@ def table_items(path: str | Path, id_column: str, text_columns: list[str], image
                             f"text_columns, image_column)")
         rows = ((reader.line_num, row) for row in reader)
     items: dict[str, dict] = {}
-    repeated = 0
+    first_line: dict[str, int] = {}
+    repeated: list[str] = []   # "id (line n, first on line m)"
     for lineno, row in rows:
         item = str(row.get(id_column) or "").strip()
         if not item:
             raise DataError(f"{table}:{lineno}: field '{id_column}' (the item id) is empty")
         if item in items:
-            repeated += 1
+            repeated.append(f"{item!r} (line {lineno}, first on line {first_line[item]})")
             continue
+        first_line[item] = lineno
         meta = {c: (str(row[c]).strip() or None) if row.get(c) is not None else None for c in text_columns}
         image = None
         if image_column and row.get(image_column):
@@ -138,7 +140,8 @@ def table_items(path: str | Path, id_column: str, text_columns: list[str], image
             image = candidate if candidate.is_file() else None
         items[item] = {**meta, "image": image}
     if repeated:
-        log.warning("%s: %d repeated item id(s); the first row of each is used", table, repeated)
+        log.warning("%s: %d repeated item id(s), the first row of each is used: %s%s", table, len(repeated),
+                    ", ".join(repeated[:10]), " ..." if len(repeated) > 10 else "")
     return items
 
 

@@ -13,11 +13,8 @@ each run ``threads_per_job`` torch threads (e.g. ``jobs=2 threads_per_job=1`` on
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
-import os
 from pathlib import Path
 
 import hydra
@@ -26,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from recgoat.leaderboard.search import LeaderboardError, Plan, load_study
 from recgoat.leaderboard.space import Space, load_space
 from recgoat.leaderboard.table import markdown, write_table
-from recgoat.utils.config import conf_dir
+from recgoat.training.run_folder import folder_lock
+from recgoat.utils.config import conf_dir, threads_per_job
 from recgoat.utils.io import atomic_write
 from recgoat.utils.results import write_json_atomic
 
@@ -35,27 +33,6 @@ log = logging.getLogger("recgoat.leaderboard")
 # what every run of one leaderboard folder shares; a restart that changes one of these is refused
 SHARED = ("dataset", "data_fingerprint", "code_hash", "budget_overrides", "run", "monitor", "search_seed",
           "sampler", "sampler_seed", "defaults_first")
-
-
-@contextlib.contextmanager
-def folder_lock(out: Path):
-    """One command at a time per leaderboard folder (a second would run the same trials twice)."""
-    path = out / ".lock"
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            raise LeaderboardError(f"{out}: another leaderboard command is running there (pid {f.read().strip()}); "
-                                   f"wait for it or stop it") from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def data_fingerprint(dataset: str, run: list[str]) -> str:
@@ -119,7 +96,8 @@ def leaderboard(cfg: DictConfig, dataset: str, dataset_overrides: list[str] = ()
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    with folder_lock(out):
+    with folder_lock(out, "this leaderboard command") as name_holder:   # one command per folder
+        name_holder()
         code = code_version()
         manifest = {"dataset": dataset, "data_fingerprint": data_fingerprint(dataset, run),
                     "code_hash": code["code_hash"], "code": code, "budget_overrides": budget, "run": run,
@@ -129,14 +107,12 @@ def leaderboard(cfg: DictConfig, dataset: str, dataset_overrides: list[str] = ()
                     "models": list(cfg.models)}
         check_manifest(out, manifest)
         copy_spaces(out, spaces)
-        cores = os.cpu_count() or 1
         plan = Plan(out_dir=out, dataset=dataset, common=(f"dataset={dataset}", *budget, *run),
                     monitor=cfg.monitor, trials=cfg.trials, seeds=cfg.seeds, search_seed=cfg.search_seed,
                     sampler=manifest["sampler"], sampler_seed=cfg.sampler_seed, keep_checkpoints=cfg.keep_checkpoints,
                     defaults_first=cfg.defaults_first,
                     jobs=cfg.jobs, model_jobs=cfg.model_jobs,
-                    threads=cfg.threads_per_job or (max(1, cores // (cfg.jobs * cfg.model_jobs))
-                                                    if cfg.jobs * cfg.model_jobs > 1 else None),
+                    threads=threads_per_job(cfg.jobs * cfg.model_jobs, cfg.threads_per_job),
                     code_hash=code["code_hash"], data_fingerprint=manifest["data_fingerprint"],
                     total_runs={s.name: cfg.trials + cfg.seeds for s in spaces})
         metrics = [str(m) for m in cfg.metrics]

@@ -2,8 +2,9 @@
 
 A recommender is a plain ``nn.Module`` (no Lightning inside) built from a :class:`RecDataset`:
 
-- ``loss(batch) -> dict``: the training objective of a batch ``{"user", "pos", "neg"}`` (int64
-  tensors ``[B]``); key ``"loss"`` is optimised, every other key is logged as a loss term.
+- ``loss(batch) -> dict``: the training objective of a batch ``{"user", "pos", "neg", "items"}`` (int64
+  tensors; ``items``: the distinct positives, sorted); key ``"loss"`` is optimised, every other key is logged as a
+  loss term.
 - ``scorer() -> Scorer``: computes the final user/item representations once (no gradient) and
   returns an object that scores any users against any slice of items for full ranking.
 - ``score_pairs(users, items)``: the score the loss uses for given (user, item) pairs, so tests

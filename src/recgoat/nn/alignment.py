@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.profiler import record_function
@@ -59,7 +58,7 @@ class Alignment(Part):
             return self.oat_map(modal, plan)
 
     def loss_terms(self, batch: dict[str, Tensor], reps: dict) -> Iterator[tuple[str, float, Tensor]]:
-        b = torch.unique(batch["pos"])
+        b = batch["items"]   # the batch's distinct items (training/sampling.py), every term's points
         aligned, fused, item_id = reps["aligned_stacked"][:, b], reps["item"][b], reps["item_id"][b]
         if self.detach_targets:
             fused, item_id = fused.detach(), item_id.detach()

@@ -2,8 +2,8 @@
 from recgoat.training.callbacks import EarlyStopping, EpochSummary, RunSummary, Timings
 from recgoat.training.datamodule import RecDataModule, UserBatches
 from recgoat.training.module import RecModule
-from recgoat.training.persist import CSVLogger, ModelCheckpoint
+from recgoat.training.run_folder import CSVLogger, ModelCheckpoint, RunState
 from recgoat.training.sampling import BPRBatches, NegativeSampler
 
 __all__ = ["BPRBatches", "CSVLogger", "EarlyStopping", "EpochSummary", "ModelCheckpoint", "NegativeSampler",
-           "RecDataModule", "RecModule", "RunSummary", "Timings", "UserBatches"]
+           "RecDataModule", "RecModule", "RunState", "RunSummary", "Timings", "UserBatches"]

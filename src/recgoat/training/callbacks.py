@@ -6,8 +6,10 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import EarlyStopping as _LightningEarlyStopping
 
+from recgoat.training.run_folder import RunState
 from recgoat.utils.provenance import provenance
 from recgoat.utils.results import metrics_table, write_json_atomic
 
@@ -69,15 +71,6 @@ class Timings(pl.Callback):
     def on_test_epoch_end(self, trainer, pl_module):
         self.test_s.append(time.perf_counter() - self._v0)
 
-    # in checkpoints, restored only to resume a fit (testing the best checkpoint keeps the whole run's timings)
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint["recgoat_timings"] = {"train_epoch_s": list(self.train_epoch_s), "valid_s": list(self.valid_s)}
-
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        if trainer.state.fn == "fit" and "recgoat_timings" in checkpoint:
-            self.train_epoch_s = list(checkpoint["recgoat_timings"]["train_epoch_s"])
-            self.valid_s = list(checkpoint["recgoat_timings"]["valid_s"])
-
     def summary(self) -> dict[str, float]:
         def mean(xs):
             return sum(xs) / len(xs) if xs else None
@@ -87,22 +80,12 @@ class Timings(pl.Callback):
 
 
 class EpochSummary(pl.Callback):
-    """Logs one line per epoch: losses, the monitored metric, and the best so far."""
+    """Logs one line per epoch: losses, learned scalars, the monitored metric, and the best so far."""
 
     def __init__(self, monitor: str, extra: list[str]):
         self.monitor = monitor
         self.extra = tuple(extra)
-        self.best = float("-inf")
-        self.best_epoch = -1
         self._t0 = 0.0
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint["recgoat_epoch_summary"] = {"best": self.best, "best_epoch": self.best_epoch}
-
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        if trainer.state.fn == "fit" and "recgoat_epoch_summary" in checkpoint:
-            self.best = checkpoint["recgoat_epoch_summary"]["best"]
-            self.best_epoch = checkpoint["recgoat_epoch_summary"]["best_epoch"]
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._t0 = time.perf_counter()
@@ -115,12 +98,12 @@ class EpochSummary(pl.Callback):
         parts += [f"{k.split('/', 1)[1]} {float(v):.4f}" for k, v in m.items() if k.startswith("train/")]
         parts += [f"{k.split('/', 1)[1]} {float(v):.4f}" for k, v in m.items() if k.startswith("param/")]
         if self.monitor in m:
-            value = float(m[self.monitor])
-            if value > self.best:
-                self.best, self.best_epoch = value, trainer.current_epoch
-            parts.append(f"{self.monitor} {value:.4f}")
+            state = RunState.of(trainer)
+            best_epoch = state.best_epoch()
+            best = next(h for h in state.history if h["epoch"] == best_epoch)[state.monitor]
+            parts.append(f"{self.monitor} {float(m[self.monitor]):.4f}")
             parts += [f"{k} {float(m[k]):.4f}" for k in self.extra if k in m]
-            parts.append(f"best {self.best:.4f}@{self.best_epoch}")
+            parts.append(f"best {best:.4f}@{best_epoch}")
         parts.append(f"{time.perf_counter() - self._t0:.1f}s")
         log.info(" | ".join(parts))
 
@@ -132,7 +115,7 @@ class RunSummary(pl.Callback):
 
     Args:
         output_dir: the run directory.
-        timings: the run's :class:`Timings` callback.
+        state: the run's :class:`~recgoat.training.run_folder.RunState` (valid history, best epoch, timings).
         run_config: the resolved run config (its ``name``, ``seed``, ``monitor``; recorded whole).
         dataset: the run's data (statistics and fingerprint).
         model: the recommender (its class and parameter count).
@@ -141,10 +124,10 @@ class RunSummary(pl.Callback):
         model_name: the model group's choice (``recgoat``, ``recgoat_mgcn``, ...), or ``None`` where unknown.
     """
 
-    def __init__(self, output_dir: str | Path, timings: Timings, *, run_config: dict, dataset, model, load_s: float,
+    def __init__(self, output_dir: str | Path, state: RunState, *, run_config: dict, dataset, model, load_s: float,
                  test: bool, model_name: str | None):
         self.output_dir = Path(output_dir)
-        self.timings = timings
+        self.state = state
         self.test = test
         self.info = {"name": run_config.get("name"), "model": type(model).__name__, "model_config": model_name,
                      "dataset": dataset.stats(),
@@ -174,15 +157,10 @@ class RunSummary(pl.Callback):
     def finish(self, trainer, pl_module, test: dict[str, float] | None) -> None:
         """The results; ``test=None`` for a run that never evaluated the test split (``test=false``)."""
         trained = pl_module.model.trainable
-        history = pl_module.valid_history
-        if not trained:
-            best_epoch = None
-        elif test is not None:
-            best_epoch = pl_module.checkpoint_epoch  # the best checkpoint, which the test loaded
-        else:  # the epoch ModelCheckpoint kept: the first best (it replaces its best only on improvement)
-            best_epoch = max(history, key=lambda h: h[self.info["monitor"]])["epoch"] if history else None
+        history = self.state.history
+        best_epoch = self.state.best_epoch() if trained else None   # the epoch of the checkpoint the test loaded
         valid = next((dict(h) for h in history if h["epoch"] == best_epoch), None)
-        if valid is None:  # untrained models (validated once), or a history lost with an old checkpoint
+        if valid is None:  # an untrained model, validated once
             valid = dict(pl_module.last_metrics["valid"])
         valid.pop("epoch", None)
         best_path = trainer.checkpoint_callback.best_model_path if trained and trainer.checkpoint_callback else None
@@ -191,7 +169,8 @@ class RunSummary(pl.Callback):
             "best_epoch": best_epoch, "best_checkpoint": best_path or None,
             "valid": valid, "test": test, "valid_history": history,
             "n_parameters": self.info["n_parameters"],
-            "timings": {"load_s": self.info["load_s"], "fit_s": self._fit_s, **self.timings.summary()},
+            "timings": {"load_s": self.info["load_s"], "fit_s": self._fit_s, **self.state.timings.summary(),
+                        "torch_threads": torch.get_num_threads()},
             "provenance": self.info["provenance"],
             "config": self.info["config"],
         }

@@ -51,3 +51,24 @@ def data_mismatch(ckpt_path, recorded: dict, dataset: RecDataset) -> str | None:
             f"{recorded['n_items']} items, fingerprint {recorded['fingerprint'][:12]}), but the data loaded now is "
             f"'{dataset.name}' ({dataset.n_users} users, {dataset.n_items} items, fingerprint "
             f"{dataset.fingerprint()[:12]})")
+
+
+def check_start(ckpt_path, ckpt: dict, dataset: RecDataset, model: torch.nn.Module) -> None:
+    """A checkpoint a new run starts from (``ckpt_path=``) must hold weights of this model, trained on this data."""
+    meta = read_metadata(ckpt)
+    mismatch = data_mismatch(ckpt_path, meta["dataset"], dataset)
+    if mismatch:
+        raise CheckpointError(f"ckpt_path={ckpt_path}: {mismatch}; start from a checkpoint of this data")
+    theirs = {k[len("model."):]: tuple(v.shape) for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    differ = sorted(k for k in theirs.keys() & ours.keys() if theirs[k] != ours[k])
+    if theirs.keys() != ours.keys() or differ:
+        trained = (meta.get("config") or {}).get("model", {}).get("_target_", "?")
+        if theirs.keys() != ours.keys():
+            missing, unexpected = sorted(ours.keys() - theirs.keys()), sorted(theirs.keys() - ours.keys())
+            detail = f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+        else:
+            detail = f"{differ[0]} is {list(theirs[differ[0]])} there, {list(ours[differ[0]])} here"
+        raise CheckpointError(f"ckpt_path={ckpt_path}: its weights are a {trained}'s, which do not fit this run's "
+                              f"{type(model).__name__} ({detail}); start from a checkpoint of the same model and "
+                              f"config")

@@ -1,12 +1,9 @@
 """The LightningModule: owns optimisation, logging and evaluation scheduling for any recommender."""
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 
-import numpy as np
 import pytorch_lightning as pl
-import torch
 from torch import Tensor
 
 from recgoat.data import RecDataset
@@ -41,12 +38,9 @@ class RecModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.run_config = run_config
         self.evaluator = evaluator
-        self.checkpoint_epoch: int | None = None  # the epoch of the checkpoint last loaded (the best, at test)
         self._scorer = None
         self._sums: MetricSums | None = None
         self.last_metrics: dict[str, dict[str, float]] = {}
-        # one entry per validation run during fit: {"epoch": e, "recall@20": ...}; kept in checkpoints
-        self.valid_history: list[dict[str, float]] = []
 
     # ---- training ---------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -91,32 +85,10 @@ class RecModule(pl.LightningModule):
         self._eval_step(users, "valid")
 
     def on_validation_epoch_end(self) -> None:
-        metrics = self._end_eval("valid")
-        if self.trainer.state.fn == "fit":
-            self.valid_history.append({"epoch": self.current_epoch, **metrics})
+        self._end_eval("valid")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["valid_history"] = list(self.valid_history)
-        # random state (dropout, OT subsampling), so a resumed run continues exactly as an uninterrupted one
-        # (plain types and tensors only, so the checkpoint still loads with weights_only=True)
-        name, keys, pos, has_gauss, cached = np.random.get_state()
-        checkpoint["rng_state"] = {"torch": torch.get_rng_state(),
-                                   "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-                                   "python": random.getstate()}
         checkpoint[META_KEY] = metadata(self.run_config, self.dataset)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.checkpoint_epoch = int(checkpoint["epoch"])
-        resuming = self.trainer is not None and self.trainer.state.fn == "fit"
-        if not resuming:  # testing the best checkpoint keeps the whole history of the fit
-            return
-        self.valid_history = list(checkpoint.get("valid_history", []))
-        rng = checkpoint.get("rng_state")
-        if rng:
-            torch.set_rng_state(rng["torch"])
-            name, keys, pos, has_gauss, cached = rng["numpy"]
-            np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-            random.setstate(rng["python"])
 
     def on_test_epoch_start(self) -> None:
         self._start_eval()

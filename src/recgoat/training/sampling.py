@@ -40,7 +40,8 @@ class NegativeSampler:
 
 
 class BPRBatches:
-    """An epoch of shuffled training pairs in batches, with negatives, sharded over DDP ranks.
+    """An epoch of shuffled training pairs in batches, with negatives, sharded over DDP ranks: batches
+    ``{"user", "pos", "neg"}`` (``[B]`` each) and ``"items"``, the batch's distinct positive items, sorted.
 
     The permutation and the negatives of epoch ``e`` depend only on ``(seed, e)``, so a run resumed
     at epoch ``e`` sees exactly the batches an uninterrupted run would. Each rank takes every
@@ -84,4 +85,7 @@ class BPRBatches:
         perm, neg = perm[mine], neg[mine]
         for start in range(0, len(perm), self.batch_size):
             idx = perm[start:start + self.batch_size]
-            yield {"user": self.users[idx], "pos": self.items[idx], "neg": neg[start:start + self.batch_size]}
+            pos = self.items[idx]
+            # the distinct positives (sorted), made here on the host: in the step a unique would wait for the device
+            yield {"user": self.users[idx], "pos": pos, "neg": neg[start:start + self.batch_size],
+                   "items": torch.unique(pos)}

@@ -26,3 +26,20 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def check_output(path: str | Path, kind: str, key: str = "out") -> Path:
+    """``path`` as an output of ``kind`` (``"file"`` or ``"folder"``), checked before any work: a path of the other
+    kind, or below a file, is refused with what to give instead."""
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise ValueError(f"{key}={path} is a folder; this command writes one file there: give a file name, e.g. "
+                         f"{key}={path / 'recommendations.jsonl'}")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise ValueError(f"{key}={path} is a file; this command writes a folder (several files): give a folder")
+    for parent in (path.parent, *path.parent.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{key}={path}: {parent} is a file, so nothing can be written below it")
+            break
+    return path
