@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("sentence_transformers", reason="the 'features' extra is not installed")
 
+from recgoat.data import DataError  # noqa: E402
 from recgoat.features.image import ImageEncoder  # noqa: E402
 from recgoat.features.pipeline import build_features  # noqa: E402
 from recgoat.features.sources import ml100k_items  # noqa: E402
@@ -119,6 +120,8 @@ def test_llm_profiles_see_training_items_only_and_fall_back_without_answer(tmp_p
     assert summary["profiles"]["without_answer"] == with_item0 > 0
     side = json.loads((tmp_path / "f" / "user_pref_feat.json").read_text())
     assert side["profile"] == "llm" and len(side["without_answer"]) == with_item0
+    from recgoat.data.features import train_digest
+    assert side["row_order"]["train_sha256"] == train_digest(small)    # the split the profiles belong to
     texts = (tmp_path / "f" / "user_profiles.txt").read_text().splitlines()
     assert sum(t == "prefers dramas" for t in texts) == small.n_users - with_item0
     assert summary["profiles"]["fallback_to_template"] == with_item0 == summary["profiles"]["llm"]["responses"] - (
@@ -156,6 +159,49 @@ def test_structured_profiles_count_schema_violations_and_fall_back_to_the_templa
         small.n_users - with_item0)
     side = json.loads((tmp_path / "f" / "user_pref_feat.json").read_text())
     assert side["structured"] == "json_schema" and len(side["without_answer"]) == with_item0
+
+
+def test_an_llm_that_answers_no_profile_is_said_and_force_asks_it_again(tmp_path, small, text_encoder, caplog):
+    meta = metadata(small.n_items, [None] * small.n_items)
+    answer = {"text": "this is not JSON"}
+    with FakeLLM(lambda key, attempt: (200, json_body(key, answer["text"]))) as server:
+        client = make_client(server.base_url, "tiny-llm", structured="json_schema")
+        with caplog.at_level("WARNING", logger="recgoat"):
+            broken = build_features(small, meta, tmp_path / "f", text_fields=["title", "genres"],
+                                    text_encoder=text_encoder, profile="llm", llm_client=client)
+        assert f"none of the {small.n_users} LLM answers was a profile" in caplog.text and "force=true" in caplog.text
+        side = json.loads((tmp_path / "f" / "user_pref_feat.json").read_text())
+        assert side["profile"] == "template (the LLM answered no profile)" and side["answered"] == 0
+        assert broken["profiles"]["fallback_to_template"] == small.n_users
+        answer["text"] = json.dumps(preference_answer("u"))                # the server is fixed
+        rerun = build_features(small, meta, tmp_path / "f", text_fields=["title", "genres"],
+                               text_encoder=text_encoder, profile="llm", llm_client=client)
+        assert len(server.requests) == small.n_users and rerun["profiles"]["cached"] == small.n_users
+        fixed = build_features(small, meta, tmp_path / "f", text_fields=["title", "genres"],
+                               text_encoder=text_encoder, profile="llm", llm_client=client, force=True)
+        assert len(server.requests) == 2 * small.n_users                   # force=true asked again
+    assert fixed["profiles"]["answered"] == small.n_users and fixed["profiles"]["cached"] == 0
+    assert json.loads((tmp_path / "f" / "user_pref_feat.json").read_text())["profile"] == "llm"
+
+
+def test_images_asked_for_where_no_item_has_one_are_refused(tmp_path, small, text_encoder):
+    meta = metadata(small.n_items, [None] * small.n_items)
+    with pytest.raises(DataError, match=r"features.images=true\), but none of the 10 items has an image .*"
+                                        r"features.source.image_column"):
+        build_features(small, meta, tmp_path / "f", text_fields=["title"], text_encoder=text_encoder,
+                       image_encoder=object(), profile="none")
+    assert not (tmp_path / "f" / "image_feat.npy").exists()
+
+
+def test_text_longer_than_the_encoder_reads_is_counted(tmp_path, small, text_encoder, caplog):
+    long = " ".join(["word"] * 400)                  # past MiniLM's 256 tokens
+    meta = metadata(small.n_items, [None] * small.n_items)
+    meta[0]["title"] = long
+    with caplog.at_level("WARNING", logger="recgoat"):
+        build_features(small, meta, tmp_path / "f", text_fields=["title"], text_encoder=text_encoder,
+                       profile="none")
+    assert "1 of 10 item texts are longer than the text encoder reads (256 tokens)" in caplog.text
+    assert json.loads((tmp_path / "f" / "text_feat.json").read_text())["truncated_texts"] == 1
 
 
 def test_llm_users_asks_the_first_users_only_and_the_rest_get_templates(tmp_path, small, text_encoder, caplog):

@@ -224,6 +224,27 @@ def test_features_built_for_other_item_ids_are_refused_with_both_hashes(tmp_path
     assert isinstance(refused.value.__cause__ or refused.value, DataError)  # Hydra wraps what the loader raised
 
 
+def test_user_profiles_of_another_split_are_refused_naming_both(tmp_path):
+    from recgoat.data.features import ids_digest, train_digest
+    from recgoat.features.provenance import write_features
+    rows = [(f"u{u}", f"p{i}") for u in range(12) for i in range(u % 4, u % 4 + 6)]
+    path = write(tmp_path / "shop.csv", "user_id,item_id", rows)
+    d = csv_load(path)
+    feats = tmp_path / "features"
+    x = np.random.default_rng(0).normal(size=(d.n_users, 4)).astype(np.float32)
+    write_features(feats / "user_pref_feat.npy", x, {"name": "test"}, "inputs",
+                   row_order={"user_ids_sha256": ids_digest(d.user_ids), "train_sha256": train_digest(d)})
+    np.testing.assert_array_equal(csv_load(path, feature_dir=feats).user_features, x)   # its own split: read
+    other = csv_load(path, split_seed=1)
+    assert train_digest(other) != train_digest(d)
+    with pytest.raises(Exception, match=rf"user_pref_feat.npy: built from the training interactions of another split "
+                                        rf".*train sha256 {train_digest(d)[:12]}.*this run's split has "
+                                        rf"{train_digest(other)[:12]}\): its profiles are built from training items") \
+            as refused:
+        csv_load(path, feature_dir=feats, split_seed=1)
+    assert isinstance(refused.value.__cause__ or refused.value, DataError)
+
+
 def test_ids_are_never_coerced_into_one_another(tmp_path):
     rows = [(u, i) for u in ("7", "007", "1_0", "10") for i in ("a", "b", "c")]
     d = csv_load(write(tmp_path / "ids.csv", "user_id,item_id", rows))

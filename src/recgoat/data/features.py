@@ -29,10 +29,19 @@ def ids_digest(ids) -> str:
     return digest(str(i) for i in ids)
 
 
+def train_digest(dataset) -> str:
+    """The digest of the training interactions (which split a user profile, built from training items, belongs to)."""
+    train = dataset.train
+    return digest([np.asarray(train.shape, np.int64).tobytes(), train.indptr.astype(np.int64).tobytes(),
+                   train.indices.astype(np.int64).tobytes()])
+
+
 def check_row_order(dataset, folder: Path | None):
     """``dataset``, once every feature file in ``folder`` whose sidecar (``<file>.json``, written by
-    ``python -m recgoat.features``) records the ids its rows follow was built for this dataset's ids: features built
-    before an id changed would otherwise be attached to the wrong items or users, silently."""
+    ``python -m recgoat.features``) records the ids its rows follow was built for this dataset's ids, and a file built
+    from training interactions (the user profiles) from this dataset's split: features built before an id changed would
+    otherwise be attached to the wrong items or users, and profiles of another split would name this split's held-out
+    items, silently."""
     if folder is None:
         return dataset
     for npy in sorted(Path(folder).glob(f"*{FEATURE_SUFFIX}")):
@@ -51,6 +60,14 @@ def check_row_order(dataset, folder: Path | None):
                     f"records {what} ids sha256 {order[key][:12]}, the data's are {ids_digest(ids)[:12]}): its rows "
                     f"would belong to other {what}s. Rebuild the features for this data: python -m recgoat.features "
                     f"<the same dataset overrides> (it rebuilds what changed), or point dataset.feature_dir elsewhere")
+        if "train_sha256" in order and order["train_sha256"] != train_digest(dataset):
+            raise DataError(
+                f"{npy}: built from the training interactions of another split than dataset '{dataset.name}' has now "
+                f"(its sidecar {side.name} records train sha256 {order['train_sha256'][:12]}, {order.get('split', '')}"
+                f"; this run's split has {train_digest(dataset)[:12]}): its profiles are built from training items "
+                f"only, so under this split they would name items of the valid and test sets. Build the features for "
+                f"this split into a folder of its own: python -m recgoat.features <the same dataset overrides> "
+                f"out_dir=<folder>, then dataset.feature_dir=<folder>")
     return dataset
 
 

@@ -125,20 +125,26 @@ def _timed(client: ChatClient, req: dict) -> tuple[str, dict, float]:
     return text, usage, time.perf_counter() - t0
 
 
+def cached_responses(client: ChatClient, requests: dict[str, dict], cache_path: str | Path) -> dict[str, str]:
+    """The responses in ``cache_path`` to exactly these requests (the same model, prompt and settings), by key."""
+    cached = read_cache(Path(cache_path))
+    return {k: cached[k]["response"] for k, m in requests.items()
+            if k in cached and cached[k].get("request_sha256") == client.request_sha256(m)}
+
+
 def generate(client: ChatClient, requests: dict[str, dict], cache_path: str | Path, concurrency: int = 4,
-             progress: bool = True) -> tuple[dict[str, str], dict[str, str]]:
-    """Complete every request (``{"messages": [...], ...}``) not already in the cache; returns (responses by key,
-    errors by key).
+             progress: bool = True, refresh: bool = False) -> tuple[dict[str, str], dict[str, str]]:
+    """Complete every request (``{"messages": [...], ...}``) not already in the cache (``refresh``: every request);
+    returns (responses by key, errors by key).
 
     At most ``concurrency`` requests are in flight. Responses are appended to ``cache_path`` as
-    they arrive; failed requests are reported in the errors and not cached, so a rerun retries them.
+    they arrive (a key's last line wins); failed requests are reported in the errors and not cached, so a rerun
+    retries them.
     """
     cache_path = Path(cache_path)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
-    cached = read_cache(cache_path)
     request_sha = {k: client.request_sha256(m) for k, m in requests.items()}
-    responses = {k: cached[k]["response"] for k in requests
-                 if k in cached and cached[k].get("request_sha256") == request_sha[k]}
+    responses = {} if refresh else cached_responses(client, requests, cache_path)
     pending = [k for k in requests if k not in responses]
     errors: dict[str, str] = {}
     lock = threading.Lock()

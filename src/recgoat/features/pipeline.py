@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 from recgoat.data import DataError, RecDataset
-from recgoat.data.features import digest, ids_digest
+from recgoat.data.features import digest, ids_digest, train_digest
 from recgoat.features import profiles as prof
-from recgoat.features.llm import generate, read_cache
+from recgoat.features.llm import cached_responses, generate, read_cache
 from recgoat.features.provenance import is_up_to_date, write_features
 from recgoat.features.sources import item_text
 
@@ -62,15 +62,21 @@ def build_features(dataset: RecDataset, metadata: dict, out_dir: str | Path, tex
             t0 = time.perf_counter()
             x = text_encoder.encode(texts, desc="item text")
             dt = time.perf_counter() - t0
+            cut = truncated(text_encoder, texts, "item text")
             write_features(path, x, enc, h, input_fields=text_fields, row_order=row_order,
-                           missing_fields=missing_fields, items_without_metadata=no_meta, seconds=dt)
+                           missing_fields=missing_fields, items_without_metadata=no_meta, truncated_texts=cut,
+                           seconds=dt)
             summary["text"] = {"rows": len(texts), "seconds": dt, "items_per_s": len(texts) / dt}
         else:
             summary["text"] = "up to date"
 
     if image_encoder is not None:
-        enc = image_encoder.describe()
         paths = [m.get("image") if m else None for m in metas]
+        if not any(paths):   # every row would be the fill value: a feature that says nothing, silently
+            raise DataError(f"image features were asked for (features.images=true), but none of the {len(paths)} "
+                            f"items has an image in the item metadata: name the source's image column "
+                            f"(features.source.image_column for an item table), or set features.images=false")
+        enc = image_encoder.describe()
         h = digest(_file_digest(p) for p in paths)
         path = out / "image_feat.npy"
         if force or not is_up_to_date(path, enc, h):
@@ -91,6 +97,18 @@ def build_features(dataset: RecDataset, metadata: dict, out_dir: str | Path, tex
                                              max_history, llm_client, llm_concurrency, without_answer, llm_users,
                                              force)
     return summary
+
+
+def truncated(text_encoder, texts: list[str], what: str) -> int | None:
+    """How many ``texts`` the encoder reads only in part (``None``: an encoder that cannot say), with a warning."""
+    count = getattr(text_encoder, "truncated", None)
+    if count is None:
+        return None
+    cut = count(texts)
+    if cut:
+        log.warning("%d of %d %ss are longer than the text encoder reads (%s tokens): their ends are not encoded",
+                    cut, len(texts), what, getattr(getattr(text_encoder, "model", None), "max_seq_length", "?"))
+    return cut
 
 
 def _key(raw_id, metadata: dict):
@@ -151,7 +169,9 @@ def _user_profiles(dataset, metas, texts, out, text_encoder, mode, max_history, 
         requests = {str(u): prof.chat_request(h, dataset.item_ids, texts, client.structured)
                     for u, h in zip(asked, histories, strict=False)}
         t0 = time.perf_counter()
-        responses, errors = generate(client, requests, out / "user_pref_llm.jsonl", concurrency=concurrency)
+        cached = set() if force else set(cached_responses(client, requests, out / "user_pref_llm.jsonl"))
+        responses, errors = generate(client, requests, out / "user_pref_llm.jsonl", concurrency=concurrency,
+                                     refresh=force)   # force=true asks the LLM again
         stats["llm"] = llm_usage(out / "user_pref_llm.jsonl", requests, client, time.perf_counter() - t0)
         profile_texts, no_answer = [], []
         for u, template in zip(dataset.user_ids, templates, strict=True):
@@ -167,18 +187,26 @@ def _user_profiles(dataset, metas, texts, out, text_encoder, mode, max_history, 
                 answer = response.strip() if without_answer == "response" and response.strip() else template
             profile_texts.append(answer)
         stats.update({"asked": len(requests), "requested_errors": len(errors), "without_answer": len(no_answer),
-                      "answered": len(requests) - len(errors) - len(no_answer),
+                      "answered": len(requests) - len(errors) - len(no_answer), "cached": len(cached),
                       "fallback_to_template": len(errors) + (len(no_answer) if without_answer == "template" else 0),
                       "not_asked": dataset.n_users - len(requests)})
+        if stats["answered"] == 0:
+            log.warning("none of the %d LLM answers was a profile (%d failed requests, %d answers without one; %d of "
+                        "them from the cache): every user got the %s. The answers are in %s; fix the server or "
+                        "prompt, then rerun with force=true to ask again", len(requests), len(errors), len(no_answer),
+                        len(cached & set(no_answer)), "template profile" if without_answer == "template" else
+                        "raw response", out / "user_pref_llm.jsonl")
         if errors:
             log.warning("%d LLM request(s) failed (first: %s); template profiles used for them; rerun to retry",
                         len(errors), next(iter(errors.values())))
         prompt = [prof.SYSTEM_PROMPT, prof.USER_PROMPT] if client.structured == "tags" else \
             [prof.SYSTEM_PROMPT, prof.STRUCTURED_PROMPT, json.dumps(prof.PREFERENCE_SCHEMA, sort_keys=True)]
         stats["structured"] = client.structured
-        source = {"profile": "llm", "model": client.model, "endpoint": client.url, "max_history": max_history,
+        source = {"profile": "llm" if stats["answered"] else f"{without_answer} (the LLM answered no profile)",
+                  "model": client.model, "endpoint": client.url, "max_history": max_history,
                   "structured": client.structured, "prompt_sha256": digest(prompt), "usage": stats["llm"],
-                  "asked": stats["asked"], "answered": stats["answered"], "without_answer_gets": without_answer,
+                  "asked": stats["asked"], "answered": stats["answered"], "cached": stats["cached"],
+                  "fallback_to_template": stats["fallback_to_template"], "without_answer_gets": without_answer,
                   "errors": errors,
                   "without_answer": no_answer}
     else:
@@ -190,8 +218,11 @@ def _user_profiles(dataset, metas, texts, out, text_encoder, mode, max_history, 
         t0 = time.perf_counter()
         x = text_encoder.encode(profile_texts, desc="user profiles")
         stats["seconds"] = time.perf_counter() - t0
+        source["truncated_texts"] = stats["truncated"] = truncated(text_encoder, profile_texts, "user profile")
         write_features(path, x, enc, h, row_order={"rows": "dataset user index (user_ids order)",
-                                                   "user_ids_sha256": ids_digest(dataset.user_ids)},
+                                                   "user_ids_sha256": ids_digest(dataset.user_ids),
+                                                   "train_sha256": train_digest(dataset),
+                                                   "split": f"{dataset.train.nnz} training interactions"},
                        history="training interactions only", **source)
     else:
         stats["status"] = "up to date"

@@ -48,6 +48,12 @@ class SentenceTextEncoder:
                 "sentence_transformers": sentence_transformers.__version__, "dim": self.dim,
                 "normalize": self.normalize}
 
+    def truncated(self, texts: list[str]) -> int:
+        """How many of ``texts`` are longer than the model reads (``max_seq_length`` tokens): their ends are lost."""
+        limit = self.model.max_seq_length
+        lengths = self.model.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+        return sum(len(ids) > limit for ids in lengths)
+
     def encode(self, texts: list[str], desc: str = "text") -> np.ndarray:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         for start in tqdm(range(0, len(texts), self.batch_size), desc=f"encoding {desc}", unit="batch"):
