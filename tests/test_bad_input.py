@@ -87,3 +87,11 @@ def test_recommend_refuses_a_bad_k_and_format_and_leaves_no_stray_file(tiny_synt
 def test_the_feature_pipeline_never_guesses_the_metadata_source():
     with pytest.raises(ConfigCompositionException, match="You must specify 'features'"):
         compose(["dataset=mmrec", "dataset.path=/any/folder"], config_name="features")
+
+
+def test_keys_a_debug_config_brings_to_another_dataset_are_traced_to_it(tmp_path):
+    from recgoat.utils.config import ConfigError
+    (tmp_path / "events.csv").write_text("user_id,item_id\n" + "".join(f"u{u},i{u % 7}\n" for u in range(30)))
+    with pytest.raises(ConfigError, match=r"dataset: unknown key\(s\) \['n_users', .* for recgoat.data.load_csv .*; "
+                                          r"debug=tiny brought these keys \(its own data's, conf/debug/tiny.yaml\)"):
+        run_in_process(["debug=tiny", "dataset=csv", f"dataset.path={tmp_path / 'events.csv'}"], tmp_path / "run")

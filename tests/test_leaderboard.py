@@ -306,3 +306,12 @@ def test_the_run_spelling_leaderboard_yaml_suggests_parses_and_the_bare_one_does
     assert parser.parse_overrides([suggested])[0].value() == ["debug=tiny"]
     with pytest.raises(OverrideParseException):
         parser.parse_overrides(["run=[debug=tiny]"])
+
+
+def test_an_unquoted_override_in_run_gets_the_quoting_it_needs(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "recgoat.leaderboard", "run=[debug=tiny,trainer.max_epochs=2]",
+                           f"out_dir={tmp_path / 'lb'}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and ("run=[debug=tiny,trainer.max_epochs=2]: each recgoat.run override in the list "
+                                     "needs quotes of its own, inside the shell's: "
+                                     "'run=[\"debug=tiny\", \"trainer.max_epochs=2\"]'") in proc.stderr
+    assert not (tmp_path / "lb").exists()

@@ -49,9 +49,13 @@ def test_runs_that_differ_in_config_are_separate_rows_labelled_with_the_differen
     for i, (seed, dim, recall) in enumerate([(1, 4, 0.1), (2, 4, 0.2), (1, 64, 0.5), (2, 64, 0.7)]):
         (tmp_path / str(i)).mkdir()
         (tmp_path / str(i) / "results.json").write_text(json.dumps(run(seed, dim, recall)))
+    (tmp_path / "4" / ".hydra").mkdir(parents=True)                   # a job of the multirun that failed
+    (tmp_path / "4" / ".hydra" / "config.yaml").write_text("seed: 3\n")
     table = main([str(tmp_path), "--metrics", "recall@20"])
     rows = [line for line in table.splitlines() if line.startswith("| LightGCN")]
     assert len(rows) == 2
+    assert table.endswith("1 run folder(s) have no results.json (failed, or still running) and are left out: 4; "
+                          "each folder's .log says why.")
     assert rows[0].startswith("| LightGCN / toy (model.embedding_dim=4) | 2 | 0.1500 ± 0.0707")
     assert rows[1].startswith("| LightGCN / toy (model.embedding_dim=64) | 2 | **0.6000 ± 0.1414**")
 

@@ -38,6 +38,13 @@ def load_runs(root: str | Path) -> list[dict]:
     return runs
 
 
+def runs_without_results(root: str | Path) -> list[Path]:
+    """Run folders below ``root`` (a ``.hydra/config.yaml`` record) without a ``results.json``: failed jobs of a
+    multirun, or runs still going; a report that leaves them out says so."""
+    return sorted(p.parent.parent for p in Path(root).rglob(".hydra/config.yaml")
+                  if not (p.parent.parent / "results.json").exists())
+
+
 def group_key(run: dict) -> str:
     return run.get("name") or f"{run['model']} / {run['dataset']['name']}"
 
@@ -177,6 +184,11 @@ def main(argv=None) -> str:
             raise SystemExit(f"{args.root}: no run has {args.split} metrics; try --split valid")
     rows = aggregate(runs, args.split, args.metrics)
     table = markdown(rows, args.metrics, args.split)
+    missing = runs_without_results(args.root)
+    if missing:
+        names = ", ".join(str(p.relative_to(args.root)) for p in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        table += (f"\n\n{len(missing)} run folder(s) have no results.json (failed, or still running) and are left "
+                  f"out: {names}; each folder's .log says why.")
     out = Path(args.out) if args.out else Path(args.root) / "report.md"
     out.write_text(table + "\n")
     write_csv(rows, out.with_suffix(".csv"), args.metrics)

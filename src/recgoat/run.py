@@ -27,7 +27,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from recgoat.training import RecModule, RunSummary, Timings
 from recgoat.training.run_folder import RunFolder, RunFolderError, RunState, claim
-from recgoat.utils.config import apply_experiment, check_root_keys, check_targets, conf_dir, threads_per_job, typed
+from recgoat.utils.config import (
+    ConfigError,
+    apply_experiment,
+    check_root_keys,
+    check_targets,
+    conf_dir,
+    threads_per_job,
+    typed,
+)
 
 log = logging.getLogger("recgoat")
 
@@ -79,7 +87,10 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, model_name: str
 def train_in(folder: RunFolder) -> dict:
     cfg, model_name = folder.config, folder.model_name
     apply_experiment(cfg, model_name)
-    check_targets(cfg)
+    try:
+        check_targets(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{e}{debug_hint(str(e))}") from None
     check_root_keys(cfg)
     typed(cfg, "seed", int)   # the root's own value (check_targets checks every component's)
     set_threads(cfg)
@@ -112,6 +123,16 @@ def train_in(folder: RunFolder) -> dict:
     if cfg.test:  # once, on the best epoch
         trainer.test(module, datamodule=datamodule, ckpt_path="best" if model.trainable else None, verbose=False)
     return summary.results
+
+
+def debug_hint(message: str) -> str:
+    """debug=tiny and debug=fast set keys of their own data (dataset.n_users, ...): with another dataset= those keys
+    are unknown to it, and the message says where they came from."""
+    debug = HydraConfig.get().runtime.choices.get("debug") if HydraConfig.initialized() else None
+    if debug in (None, "null") or not message.startswith("dataset: unknown key"):
+        return ""
+    return (f"; debug={debug} brought these keys (its own data's, conf/debug/{debug}.yaml): to run your data at its "
+            f"settings, drop debug= and give them yourself (e.g. trainer.max_epochs=3)")
 
 
 def set_threads(cfg: DictConfig) -> None:

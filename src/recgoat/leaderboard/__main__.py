@@ -144,5 +144,20 @@ def dataset_key_overrides(overrides: list[str]) -> list[str]:
     return [o for o in overrides if o.lstrip("+~").startswith("dataset.")]
 
 
+def check_list_overrides(argv: list[str]) -> None:
+    """``run=[debug=tiny]``: Hydra's parser stops at the inner ``=`` with a message that does not say why; each
+    override in the list must be quoted for Hydra (``'run=["debug=tiny"]'``)."""
+    import re
+    import sys
+    for arg in argv:
+        m = re.fullmatch(r"(\+?run)=\[(.*)\]", arg)
+        if m and any("=" in item and not re.fullmatch(r"\s*(['\"]).*\1\s*", item) for item in m.group(2).split(",")):
+            items = ", ".join(f'"{i.strip()}"' for i in m.group(2).split(","))
+            sys.exit(f"{arg}: each recgoat.run override in the list needs quotes of its own, inside the shell's: "
+                     f"'{m.group(1)}=[{items}]'")
+
+
 if __name__ == "__main__":
+    import sys
+    check_list_overrides(sys.argv[1:])
     main()
