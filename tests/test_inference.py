@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -123,13 +124,17 @@ def test_a_checkpoint_whose_relative_data_path_does_not_resolve_here_says_where_
 
 
 def test_outputs_of_the_wrong_kind_are_refused_before_any_work(trained, tmp_path):
+    from recgoat.utils.io import check_output
     _, res = trained
     (tmp_path / "a_file").write_text("keep")
-    for command, out, message in (
-            ("recommend", tmp_path, f"out={tmp_path} is a folder; this command writes one file there"),
-            ("export", tmp_path / "a_file", f"out={tmp_path / 'a_file'} is a file; this command writes a folder"),
-            ("recommend", tmp_path / "a_file" / "recs.csv", f"{tmp_path / 'a_file'} is a file, so nothing can be")):
-        proc = subprocess.run([sys.executable, "-m", f"recgoat.{command}", f"ckpt={res['best_checkpoint']}",
-                               f"out={out}"], capture_output=True, text=True, timeout=300)
-        assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+    for kind, out, message in (
+            ("file", tmp_path, f"out={tmp_path} is a folder; this command writes one file there"),
+            ("folder", tmp_path / "a_file", f"out={tmp_path / 'a_file'} is a file; this command writes a folder"),
+            ("file", tmp_path / "a_file" / "recs.csv", f"{tmp_path / 'a_file'} is a file, so nothing can be")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            check_output(out, kind)
+    assert check_output(tmp_path / "new" / "recs.csv", "file") == tmp_path / "new" / "recs.csv"
+    proc = subprocess.run([sys.executable, "-m", "recgoat.recommend", f"ckpt={res['best_checkpoint']}",
+                           f"out={tmp_path}"], capture_output=True, text=True, timeout=300)   # checked before loading
+    assert proc.returncode != 0 and f"out={tmp_path} is a folder" in proc.stderr, proc.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"] and (tmp_path / "a_file").read_text() == "keep"

@@ -101,9 +101,11 @@ def test_search_never_scores_test_and_the_table_equals_the_runs(tmp_path, monkey
     assert evaluated == [] and again["rows"] == payload["rows"]
 
 
-def _cli(out: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "recgoat.leaderboard", "models=[lightgcn]", *overrides, TINY_RUN,
-            "budget.max_epochs=30", "budget.patience=1000", f"out_dir={out}"]
+KILLED_BOARD = ("models=[lightgcn]", "trials=3", "seeds=1", TINY_RUN, "budget.max_epochs=12", "budget.patience=1000")
+
+
+def _cli(out: Path) -> list[str]:
+    return [sys.executable, "-m", "recgoat.leaderboard", *KILLED_BOARD, f"out_dir={out}"]
 
 
 def _summary(out: Path) -> list[tuple]:
@@ -114,10 +116,10 @@ def _summary(out: Path) -> list[tuple]:
 def test_sigkill_mid_trial_then_the_same_command_continues_without_repeating_a_trial(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     reference = tmp_path / "reference"
-    subprocess.run(_cli(reference, "trials=3", "seeds=1"), env=env, check=True, capture_output=True, timeout=600)
+    board(reference, *KILLED_BOARD)                    # the uninterrupted leaderboard, in this process
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(out, "trials=3", "seeds=1"), env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_cli(out), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 300
@@ -136,7 +138,7 @@ def test_sigkill_mid_trial_then_the_same_command_continues_without_repeating_a_t
     assert [t.state.name for t in before] == ["COMPLETE", "RUNNING"]
     first_value = before[0].value
 
-    done = subprocess.run(_cli(out, "trials=3", "seeds=1"), env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(_cli(out), env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     after = trials_of(out, "lightgcn")
     states = [(t.state.name, bool(t.user_attrs.get("killed"))) for t in after]
@@ -254,42 +256,25 @@ def test_the_first_trial_is_the_models_default_and_a_default_outside_the_space_i
         board(tmp_path / "lb2", "models=[lightgcn]", "trials=1", "seeds=1", TINY_RUN, f"space_dir={space}")
 
 
-def test_models_in_parallel_processes_give_the_sequential_leaderboard(tmp_path):
-    import torch
-    args = ("models=[lightgcn,vbpr]", "trials=2", "seeds=1", TINY_RUN, "budget.max_epochs=3", "threads_per_job=1")
-    threads = torch.get_num_threads()
-    try:
-        sequential = board(tmp_path / "one", *args, "jobs=1")
-    finally:
-        torch.set_num_threads(threads)  # jobs=1 set this process's threads
-    parallel = board(tmp_path / "two", *args, "jobs=2")
-    for a, b in zip(sequential["rows"], parallel["rows"], strict=True):
-        assert (a["model"], a["best_params"], a["search_valid"], a["test"]) == \
-               (b["model"], b["best_params"], b["search_valid"], b["test"])
-    assert [r["status"] for r in parallel["rows"]] == ["done", "done"]
-    lines = (tmp_path / "two" / "progress.log").read_text().splitlines()
-    assert len(lines) == 6 and lines[-1].split("| ")[1].startswith("6/6 runs done")
-
-
-def test_a_models_start_up_trials_and_seeds_in_parallel_processes_give_the_sequential_leaderboard(tmp_path):
+def test_models_and_their_runs_in_parallel_processes_give_the_sequential_leaderboard(tmp_path):
     import torch
     args = ("trials=3", "seeds=2", TINY_RUN, "budget.max_epochs=3", "threads_per_job=1")
     threads = torch.get_num_threads()
     try:
-        sequential = board(tmp_path / "one", "models=[lightgcn]", *args)
+        sequential = board(tmp_path / "one", "models=[lightgcn,vbpr]", *args)
         in_main = board(tmp_path / "two", "models=[lightgcn]", *args, "model_jobs=3")  # a pool in this process
     finally:
         torch.set_num_threads(threads)
-    nested = board(tmp_path / "three", "models=[lightgcn,vbpr]", *args, "model_jobs=3", "jobs=2")  # in a joblib worker
-    (a,), (b,), (c, _) = sequential["rows"], in_main["rows"], nested["rows"]
-    for row in (b, c):
-        assert [a[k] for k in ("best_params", "search_valid", "test")] == \
-               [row[k] for k in ("best_params", "search_valid", "test")]
+    # both models at once (jobs=2), each in a joblib worker with its own pool of 3
+    nested = board(tmp_path / "three", "models=[lightgcn,vbpr]", *args, "model_jobs=3", "jobs=2")
+    keys = ("model", "best_params", "search_valid", "test")
+    assert [[r[k] for k in keys] for r in nested["rows"]] == [[r[k] for k in keys] for r in sequential["rows"]]
+    assert [in_main["rows"][0][k] for k in keys] == [sequential["rows"][0][k] for k in keys]
     assert [r["status"] for r in nested["rows"]] == ["done", "done"]
     # the same trials were asked (trial 0: the default; 1, 2: the sampler seeded by their position)
-    for folder in ("two", "three"):
-        assert [t.params for t in trials_of(tmp_path / "one", "lightgcn")] == \
-               [t.params for t in trials_of(tmp_path / folder, "lightgcn")]
+    for folder, model in (("two", "lightgcn"), ("three", "lightgcn"), ("three", "vbpr")):
+        assert [t.params for t in trials_of(tmp_path / "one", model)] == \
+               [t.params for t in trials_of(tmp_path / folder, model)]
     lines = (tmp_path / "three" / "progress.log").read_text().splitlines()
     assert len(lines) == 10 and lines[-1].split("| ")[1].startswith("10/10 runs done")
     with pytest.raises(ValueError, match="model_jobs must be >= 1"):
@@ -308,10 +293,10 @@ def test_the_run_spelling_leaderboard_yaml_suggests_parses_and_the_bare_one_does
         parser.parse_overrides(["run=[debug=tiny]"])
 
 
-def test_an_unquoted_override_in_run_gets_the_quoting_it_needs(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "recgoat.leaderboard", "run=[debug=tiny,trainer.max_epochs=2]",
-                           f"out_dir={tmp_path / 'lb'}"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and ("run=[debug=tiny,trainer.max_epochs=2]: each recgoat.run override in the list "
-                                     "needs quotes of its own, inside the shell's: "
-                                     "'run=[\"debug=tiny\", \"trainer.max_epochs=2\"]'") in proc.stderr
-    assert not (tmp_path / "lb").exists()
+def test_an_unquoted_override_in_run_gets_the_quoting_it_needs():
+    from recgoat.leaderboard.__main__ import check_list_overrides
+    with pytest.raises(SystemExit, match=re.escape("run=[debug=tiny,trainer.max_epochs=2]: each recgoat.run override "
+                                                   "in the list needs quotes of its own, inside the shell's: "
+                                                   "'run=[\"debug=tiny\", \"trainer.max_epochs=2\"]'")):
+        check_list_overrides(["models=[lightgcn]", "run=[debug=tiny,trainer.max_epochs=2]"])
+    check_list_overrides(['run=["debug=tiny"]', "run=[]", "models=[a,b]"])   # quoted, empty, not run: no error

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,14 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from recgoat.inference import load_model
-from recgoat.training.run_folder import RunFolderError, check_resume_data, folder_lock, record_dir, truncate_metrics
+from recgoat.training.run_folder import (
+    RunFolderError,
+    check_resume_data,
+    folder_lock,
+    record_dir,
+    refuse_used_run_dir,
+    truncate_metrics,
+)
 from recgoat.utils.config import compose
 from tests.helpers import QUIET, TINY_DATA, compose_cfg, load_results, make_evaluator, run_cli, run_in_process
 
@@ -57,9 +63,26 @@ def _last_epoch(ckpt) -> int:
 
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-EPOCHS = 20   # enough that a poller starved of CPU still kills the run well before its end
+EPOCHS = 6
 RESUME_ARGS = ["model=lightgcn", f"trainer.max_epochs={EPOCHS}", *TINY_DATA, "trainer.enable_progress_bar=false",
                "logger=csv", "callbacks.early_stopping.patience=100"]
+
+# The command line, killed by SIGKILL from inside at a given moment (no poller racing the run): ``hook`` is the
+# ModelCheckpoint hook after which the child kills itself, at epoch ``epoch``.
+KILL_AT = """
+import os, signal, sys
+from recgoat.run import main
+from recgoat.training import ModelCheckpoint
+hook_name, epoch = sys.argv[1], int(sys.argv[2])
+hook = getattr(ModelCheckpoint, hook_name)
+def killing(self, trainer, pl_module):
+    hook(self, trainer, pl_module)
+    if trainer.current_epoch == epoch:
+        os.kill(os.getpid(), signal.SIGKILL)
+setattr(ModelCheckpoint, hook_name, killing)
+sys.argv = ["recgoat.run", *sys.argv[3:]]
+main()
+"""
 
 
 def readme_resume_args(run_dir: Path) -> list[str]:
@@ -70,20 +93,15 @@ def readme_resume_args(run_dir: Path) -> list[str]:
     return command[3:]
 
 
-def killed_run(tmp_path: Path, name: str = "killed", args: list[str] = RESUME_ARGS) -> Path:
-    """A run of ``args`` (EPOCHS epochs) killed (SIGKILL) after its checkpoint of epoch 2, during a later epoch."""
+def killed_run(tmp_path: Path, name: str = "killed", args: list[str] = RESUME_ARGS, hook: str = "on_train_epoch_start",
+               epoch: int = 3) -> Path:
+    """A run of ``args`` killed (SIGKILL) right after ``ModelCheckpoint.<hook>`` of epoch ``epoch``: by default as
+    epoch 3 starts, once epoch 2's checkpoint is in place."""
     run_dir = tmp_path / name
-    proc = subprocess.Popen([sys.executable, "-m", "recgoat.run", *args, f"hydra.run.dir={run_dir}"],
-                            cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (last.exists() and _last_epoch(last) >= 2):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (run_dir / "results.json").exists(), "the run finished before it could be killed"
-    assert 2 <= _last_epoch(last) < EPOCHS - 1
+    proc = subprocess.run([sys.executable, "-c", KILL_AT, hook, str(epoch), *args, f"hydra.run.dir={run_dir}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not (run_dir / "results.json").exists()
     return run_dir
 
 
@@ -98,28 +116,25 @@ def test_the_readmes_resume_command_after_a_kill_equals_the_uninterrupted_run_in
     killed = killed_run(tmp_path)
     before = {p: p.read_bytes() for p in killed.rglob("*") if p.is_file()}
 
-    # refused before anything is written: an override that would change the run, a new run into the folder
-    proc = subprocess.run([sys.executable, "-m", "recgoat.run", f"resume={killed}", "model.embedding_dim=8"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and re.search(r"would change it and are refused: \['model.embedding_dim=8'\] \(a "
-                                              r"resume accepts \['resume', 'trainer.max_epochs'", proc.stderr)
+    # refused before anything is written: an override that would change the run, a new run into the folder, a fork
+    with pytest.raises(RunFolderError, match=r"would change it and are refused: \['model.embedding_dim=8'\] \(a "
+                                             r"resume accepts \['resume', 'trainer.max_epochs'"):
+        run_in_process([f"resume={killed}", "model.embedding_dim=8"], killed)
     with pytest.raises(RunFolderError, match=rf"{killed} already holds a run .*resume={killed}"):
         run_in_process(RESUME_ARGS, killed)
     other = tmp_path / "fork"
-    proc = subprocess.run([sys.executable, "-m", "recgoat.run", f"resume={killed}", f"hydra.run.dir={other}"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "would fork it into another one" in proc.stderr
-    assert not other.exists()                          # the folder Hydra made for the refused fork is gone again
-    proc = subprocess.run([sys.executable, "-m", "recgoat.run", f"resume={tmp_path / 'nowhere'}"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "nowhere/.hydra/config.yaml not found; resume= takes the folder" in proc.stderr
+    with pytest.raises(RunFolderError, match="would fork it into another one"):
+        run_in_process([f"resume={killed}", f"hydra.run.dir={other}"], other)
+    assert not other.exists()                          # the folder made for the refused fork is gone again
+    with pytest.raises(RunFolderError, match="nowhere/.hydra/config.yaml not found; resume= takes the folder"):
+        run_in_process([f"resume={tmp_path / 'nowhere'}"], tmp_path / "nowhere")
     assert not (tmp_path / "nowhere").exists()
     assert {p: p.read_bytes() for p in killed.rglob("*") if p.is_file()} == before   # byte-identical, nothing added
 
     copied = tmp_path / "moved" / "copy"
     shutil.copytree(killed, copied)
     for run_dir in (killed, copied):
-        proc = run_cli(readme_resume_args(run_dir), cwd=tmp_path)
+        run_cli(readme_resume_args(run_dir), cwd=tmp_path)
         resumed = load_results(run_dir)
         for key in ("best_epoch", "valid", "test", "valid_history", "n_parameters", "dataset", "seed"):
             assert json.dumps(resumed[key]) == json.dumps(full[key]), (run_dir.name, key)
@@ -152,30 +167,12 @@ def test_a_resumed_recgoat_run_takes_the_uninterrupted_runs_steps(tmp_path):
     assert losses(killed) == losses(tmp_path / "full")                        # every digit, every epoch
 
 
-# The worst moment for a kill: Lightning has checkpointed epoch 2 at the end of its validation, and logs the
-# epoch's training rows only after the epoch-end hooks. The child kills itself in the last of those hooks.
-KILL_AFTER_VALIDATION_CHECKPOINT = """
-import os, signal, sys
-from recgoat.run import main
-from recgoat.training import ModelCheckpoint
-hook = ModelCheckpoint.on_train_epoch_end
-def on_train_epoch_end(self, trainer, pl_module):
-    hook(self, trainer, pl_module)
-    if trainer.current_epoch == 2:
-        os.kill(os.getpid(), signal.SIGKILL)
-ModelCheckpoint.on_train_epoch_end = on_train_epoch_end
-sys.argv = ["recgoat.run", *sys.argv[1:]]
-main()
-"""
-
-
 @pytest.mark.slow
 def test_a_kill_between_an_epochs_checkpoint_and_its_training_rows_resumes_to_the_uninterrupted_run(tmp_path):
     full = run_in_process(RESUME_ARGS, tmp_path / "full")
-    run_dir = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_VALIDATION_CHECKPOINT, *RESUME_ARGS,
-                           f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    # the worst moment for a kill: Lightning has checkpointed epoch 2 at the end of its validation, and logs the
+    # epoch's training rows only after the epoch-end hooks; the child kills itself in the last of those hooks
+    run_dir = killed_run(tmp_path, hook="on_train_epoch_end", epoch=2)
     # epoch 2 is validated but its training rows are not on disk: the resume point is still epoch 1
     assert metric_epochs(run_dir, "valid/recall@20") == [0, 1, 2]
     assert metric_epochs(run_dir, "train/loss") == [0, 1]
@@ -190,10 +187,11 @@ def test_a_kill_between_an_epochs_checkpoint_and_its_training_rows_resumes_to_th
 
 
 def test_a_folder_is_held_by_one_process_and_a_killed_holder_is_taken_over(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-                               "from recgoat.training.run_folder import folder_lock\n"
-                               "with folder_lock(Path(sys.argv[1]), 'x') as name_holder:\n"
-                               "    name_holder(); print('held', flush=True); time.sleep(600)", str(tmp_path)],
+    # another process holding the folder the way folder_lock does (flock on .lock, its name in the file)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, socket, sys, time\n"
+                               "f = open(sys.argv[1] + '/.lock', 'a+'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+                               "f.write(f'pid {os.getpid()} on {socket.gethostname()} since now'); f.flush()\n"
+                               "print('held', flush=True); time.sleep(600)", str(tmp_path)],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
@@ -217,20 +215,22 @@ def test_a_folder_is_held_by_one_process_and_a_killed_holder_is_taken_over(tmp_p
         raise KeyError("refused before it was used")
     assert list(fresh.iterdir()) == []                             # a refused command leaves no lock file
     assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}", record_dir(tmp_path).name)
+    (fresh / "results.json").write_text("{}")
+    with pytest.raises(RunFolderError, match=r"already holds a run .* or give the sweep another folder \(hydra.sweep"):
+        refuse_used_run_dir(fresh, multirun=True)   # a job of a multirun: the sweep's folder is what to change
 
 
 def test_a_restart_rewrites_the_record_and_a_resume_trains_with_it(tmp_path):
     run_dir = tmp_path / "run"
-    args = ["model=lightgcn", *TINY_DATA, *QUIET_CLI, f"hydra.run.dir={run_dir}"]
+    args = ["model=lightgcn", *TINY_DATA, *QUIET_CLI]
     # the first attempt stopped before its first checkpoint (here refused after it was recorded): only its record
-    proc = subprocess.run([sys.executable, "-m", "recgoat.run", *args, "trainer.max_epochs=0",
-                           "model.reg_weight=0.001"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "trainer.max_epochs must be >= 1" in proc.stderr
+    with pytest.raises(ValueError, match="trainer.max_epochs must be >= 1"):
+        run_in_process([*args, "trainer.max_epochs=0", "model.reg_weight=0.001"], run_dir)
     assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").model.reg_weight == 0.001
     with pytest.raises(RunFolderError, match=r"last.ckpt not found: the run was stopped before its first validation.*"
                                              r"start it again into the same folder"):
         run_in_process([f"resume={run_dir}"], run_dir)
-    run_cli([*args, "trainer.max_epochs=2", "model.reg_weight=0.5"], cwd=tmp_path)
+    run_in_process([*args, "trainer.max_epochs=2", "model.reg_weight=0.5"], run_dir)
     record = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     assert record.model.reg_weight == 0.5 and record.trainer.max_epochs == 2
     assert load_results(run_dir)["config"]["model"]["reg_weight"] == 0.5

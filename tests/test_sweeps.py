@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -84,14 +85,13 @@ def test_the_optuna_sweep_draws_from_the_leaderboards_space_and_never_scores_tes
     assert best["best_value"] == pytest.approx(max(r["valid"]["recall@20"] for r in runs))
     winner = max(runs, key=lambda r: r["valid"]["recall@20"])
     assert best["best_params"]["optimizer.lr"] == winner["config"]["optimizer"]["lr"]
-    proc = subprocess.run([sys.executable, "-m", "recgoat.run", "-m", "hydra/sweeper=space", "model=lightgcn",
-                           "seed=1,2", *CLI, f"hydra.sweep.dir={tmp_path / 'refused'}"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "these overrides sweep: ['seed=1,2']" in proc.stderr
+    from hydra_plugins.recgoat_sweeper.sweeper import SpaceSweeper
+    with pytest.raises(ValueError, match=re.escape("these overrides sweep: ['seed=1,2']")):
+        SpaceSweeper._fixed(["model=lightgcn", "seed=1,2"], space)
+    with pytest.raises(ValueError, match=re.escape("['optimizer.lr']: set on the command line but tuned by")):
+        SpaceSweeper._fixed(["optimizer.lr=0.1"], space)
+    assert SpaceSweeper._fixed(["model=lightgcn", "seed=3"], space) == ["model=lightgcn", "seed=3", "test=false"]
     proc = subprocess.run([sys.executable, "-m", "recgoat.run", "-m", "hydra/sweeper=space", "model=lightgcn", *CLI,
                            f"hydra.sweep.dir={sweep}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and f"hydra.sweep.dir={sweep} holds the jobs of another sweep (3)" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "recgoat.run", "-m", "model=lightgcn", *CLI,   # a plain multirun
-                           f"hydra.sweep.dir={sweep}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "or give the sweep another folder (hydra.sweep.dir=...)" in proc.stderr
     assert len(load_runs(sweep)) == 3
