@@ -80,6 +80,13 @@ def run(args, config: str, seed: int, overrides: list[str]) -> Path:
     return out
 
 
+def seed_list(seeds: list[int]) -> str:
+    """``1-5`` for a run of seeds, ``1,2,4`` otherwise (a partial table says which seeds it pairs)."""
+    if not seeds:
+        return ""
+    return f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ",".join(map(str, seeds))
+
+
 def mean_std(xs: list[float]) -> tuple[str, str]:
     if not xs:
         return "", ""
@@ -94,6 +101,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="where the runs go (default: logs/ablations/<dataset>/<model>)")
     parser.add_argument("--csv", type=Path, required=True)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--no-run", action="store_true",
+                        help="start nothing: the table of the finished runs, each config paired over its seeds")
     args = parser.parse_args()
 
     board = json.loads((args.leaderboard / "leaderboard.json").read_text())
@@ -111,8 +120,12 @@ def main() -> None:
                                                     for s, r in full.items()}}
     commands = {c: command(args, c, best, common, dataset) for c in args.configs if c != "full"}
     todo = [(c, s) for s in seeds for c in commands]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        done = list(pool.map(lambda cs: (cs, run(args, cs[0], cs[1], commands[cs[0]])), todo))
+    if args.no_run:
+        done = [(cs, args.out / cs[0] / f"seed{cs[1]}") for cs in todo
+                if (args.out / cs[0] / f"seed{cs[1]}" / "results.json").exists()]
+    else:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            done = list(pool.map(lambda cs: (cs, run(args, cs[0], cs[1], commands[cs[0]])), todo))
     provenance = set()
     for (config, seed), out in done:
         r = json.loads((out / "results.json").read_text())
@@ -135,7 +148,7 @@ def main() -> None:
         dv = [per_seed[s]["valid"][metric] - results["full"][s]["valid"][metric] for s in have]
         dt = [per_seed[s]["test"][metric] - results["full"][s]["test"][metric] for s in have]
         commit = manifest["code"]["commit"][:7] if config == "full" else " ".join(sorted(provenance))
-        rows.append([dataset, args.model, config, CONFIGS[config], f"{have[0]}-{have[-1]}" if have else "",
+        rows.append([dataset, args.model, config, CONFIGS[config], seed_list(have),
                      *mean_std(valid), *mean_std(test),
                      *(("", "", "", "") if config == "full" else (*mean_std(dv), *mean_std(dt))),
                      commit, manifest["data_fingerprint"][:12]])
