@@ -41,6 +41,19 @@ OAT_SCOPES = ("recgoat.oat_map", "recgoat.oat_w1")
 TRAIN_BATCH = 2048
 
 
+def train_batches(dataset: RecDataset, **loss_overrides: str) -> BPRBatches:
+    """An epoch of the run's training batches, with the loss group's negatives (``loss_overrides``: e.g.
+    ``{"loss.negatives.n": "16"}``; none: ``conf/loss/bpr.yaml``)."""
+    cfg = compose([f"{k}={v}" for k, v in loss_overrides.items()])
+    return BPRBatches(dataset, TRAIN_BATCH, seed=0, epoch_fn=lambda: 0,
+                      negatives=instantiate(cfg.loss.negatives)(dataset=dataset))
+
+
+def objective():
+    """The default loss group's ranking objective (``conf/loss/bpr.yaml``)."""
+    return instantiate(compose([]).loss.objective)
+
+
 class PeakRSS:
     """Peak resident memory of this process while the block runs (sampled every 5 ms), in MB."""
 
@@ -122,7 +135,8 @@ def bench_train(dataset, name: str, epochs: int, cache_dir: str) -> dict:
     model = instantiate(cfg.model)(dataset=with_random_features(dataset) if name in MULTIMODAL else dataset)
     build_s = time.perf_counter() - t
     module = RecModule(model, dataset, optimizer=instantiate(cfg.optimizer),
-                       evaluator=instantiate(cfg.evaluation)(train=dataset.train), run_config={})
+                       evaluator=instantiate(cfg.evaluation)(train=dataset.train), run_config={},
+                       objective=instantiate(cfg.loss.objective))
     timings = Timings()
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, limit_val_batches=0,
                          num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
@@ -137,7 +151,7 @@ def bench_train(dataset, name: str, epochs: int, cache_dir: str) -> dict:
         out["scope_shares"] = scope_shares(model, dataset)
         out["oat_share"] = sum(out["scope_shares"][k] for k in OAT_SCOPES)
         out["projection_step_s"] = projection_step_s(model)
-        out["steps_per_epoch"] = len(BPRBatches(dataset, TRAIN_BATCH, seed=0, epoch_fn=lambda: 0))
+        out["steps_per_epoch"] = len(train_batches(dataset))
     return out
 
 
@@ -163,12 +177,12 @@ def scope_shares(model, dataset, steps: int = 3) -> dict[str, float]:
     """Share of a training step's wall time (forward + backward + update) spent in each ``recgoat.*``
     profiler scope's forward (user branch, ID branch, item branches, OAT map, OAT W1)."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batches = iter(BPRBatches(dataset, TRAIN_BATCH, seed=0, epoch_fn=lambda: 0))
+    batches, ranking = iter(train_batches(dataset)), objective()
     model.train()
     t = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            loss = model.loss(next(batches))["loss"]
+            loss = model.loss(next(batches), ranking)["loss"]
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -189,8 +203,8 @@ class Stepper:
         self.device = torch.device(device)
         self.model = build_model(dataset, [*overrides, f"paths.cache_dir={cache_dir}"]).to(self.device)
         self.opt = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=1e-3)
-        self.batches = [{k: v.to(self.device) for k, v in b.items()}
-                        for b in BPRBatches(dataset, TRAIN_BATCH, seed=0, epoch_fn=lambda: 0)]
+        self.batches = [{k: v.to(self.device) for k, v in b.items()} for b in train_batches(dataset)]
+        self.objective = objective().to(self.device)
         self.model.train()
         self.done = 0
         t = time.perf_counter()
@@ -200,7 +214,7 @@ class Stepper:
 
     def run(self, steps: int) -> None:
         for _ in range(steps):
-            loss = self.model.loss(self.batches[self.done % len(self.batches)])["loss"]
+            loss = self.model.loss(self.batches[self.done % len(self.batches)], self.objective)["loss"]
             self.opt.zero_grad()
             loss.backward()
             self.opt.step()
@@ -304,6 +318,20 @@ def bench_recommend(dataset, k: int = 20) -> dict:
             "batch_size": 1024}
 
 
+def bench_negatives(dataset: RecDataset, counts=(1, 16, 128)) -> list[dict]:
+    """Seconds to draw one epoch of training batches with ``n`` negatives per pair (uniform and popularity; the
+    whole epoch's negatives at once, redrawn where they hit a training item)."""
+    rows = []
+    for distribution in ("uniform", "popularity"):
+        for n in counts:
+            t = time.perf_counter()
+            steps = sum(1 for _ in train_batches(dataset, **{"loss.negatives.n": str(n),
+                                                             "loss.negatives.distribution": distribution}))
+            rows.append({"distribution": distribution, "negatives": n, "epoch_s": time.perf_counter() - t,
+                         "steps": steps})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", choices=MODELS, default=MODELS)
@@ -352,6 +380,13 @@ def main() -> None:
         if "scope_shares" in r:
             parts = ", ".join(f"{k.removeprefix('recgoat.')} {100 * v:.1f}%" for k, v in r["scope_shares"].items())
             print(f"\n{r['model']}: share of a training step's wall time in each forward scope: {parts}")
+    negatives = bench_negatives(dataset)
+    print(f"\n## Drawing an epoch of batches with n negatives per pair ({dataset.train.nnz} pairs)")
+    print("| negatives | uniform s / epoch | popularity s / epoch |")
+    print("|---|---|---|")
+    for n in sorted({r["negatives"] for r in negatives}):
+        by = {r["distribution"]: r["epoch_s"] for r in negatives if r["negatives"] == n}
+        print(f"| {n} | {by['uniform']:.2f} | {by['popularity']:.2f} |")
     rec = bench_recommend(dataset)
     print("\n## recommend: top-20 for every user (LightGCN, batch 1024 users)")
     print("| users | seconds | peak RSS increase MB |")
@@ -361,8 +396,8 @@ def main() -> None:
     out = project_root() / "logs" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"data": source, "eval": ev, "train": rows, "recommend": rec, "side_by_side": pairs,
-                                "peak_rss_mb": peak_rss_mb(),
+    path.write_text(json.dumps({"data": source, "eval": ev, "train": rows, "negatives": negatives, "recommend": rec,
+                                "side_by_side": pairs, "peak_rss_mb": peak_rss_mb(),
                                 "torch": torch.__version__, "threads": torch.get_num_threads()}, indent=2))
     print(f"written: {path}")
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import peak_rss_mb, scope_shares  # noqa: E402  (the Baby bench's helpers, one definition)
+from bench import objective, peak_rss_mb, scope_shares, train_batches  # noqa: E402  (the Baby bench's helpers)
 
 SIZES = {  # users, items, interactions of MMRec's 5-core versions (docs/method.md)
     "baby": (19_445, 7_050, 160_792),
@@ -138,7 +138,6 @@ def run_cell(size: str, model_name: str, steps: int, knn: str, recall: bool, dev
     from hydra.utils import instantiate
 
     from recgoat.eval import users_with_items
-    from recgoat.training import BPRBatches
     from recgoat.utils.config import compose
 
     if threads:
@@ -166,7 +165,7 @@ def run_cell(size: str, model_name: str, steps: int, knn: str, recall: bool, dev
         row["model_build_s"] = time.perf_counter() - t   # RecGOAT: its graphs come from the cache built above
     row["rss_after_build_mb"] = peak_rss_mb()
     optimizer = instantiate(cfg.optimizer)(params=model.parameters())
-    batches = BPRBatches(dataset, TRAIN_BATCH, seed=0, epoch_fn=lambda: 0)
+    batches, ranking = train_batches(dataset), objective().to(dev)
     row["steps_per_epoch"] = len(batches)
     model.train()
     times = []
@@ -174,7 +173,7 @@ def run_cell(size: str, model_name: str, steps: int, knn: str, recall: bool, dev
         batch = {k: v.to(dev) for k, v in batch.items()}
         sync(dev)
         t = time.perf_counter()
-        loss = model.loss(batch)["loss"]
+        loss = model.loss(batch, ranking)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

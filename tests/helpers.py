@@ -34,6 +34,24 @@ def from_yaml(path: str, **values):
     return instantiate({**_yaml_node(path), **values})
 
 
+def bpr_batches(dataset, **kwargs):
+    """``BPRBatches`` over ``dataset`` with the default loss group's negatives (``conf/loss/bpr.yaml``: one uniform
+    negative per pair); ``kwargs``: its other arguments."""
+    from recgoat.training import BPRBatches
+    return BPRBatches(dataset, negatives=from_yaml("loss.negatives")(dataset=dataset), **kwargs)
+
+
+def bpr():
+    """The default loss group's objective (``conf/loss/bpr.yaml``)."""
+    return from_yaml("loss.objective")
+
+
+def bpr_reference(pos, neg):
+    """BPR written out, ``mean(-log sigmoid(pos - neg))``, the reference the objective is held to."""
+    import torch
+    return -torch.nn.functional.logsigmoid(pos - neg).mean()
+
+
 def make_evaluator(train, **values):
     """The run's ``FullRankingEvaluator`` (``evaluation`` node) on ``train``."""
     return from_yaml("evaluation", **values)(train=train)

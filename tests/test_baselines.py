@@ -10,9 +10,8 @@ from recgoat.data import DataError, RecDataset
 from recgoat.graphs import degree_sensitive_pruning, normalized_bipartite_adjacency
 from recgoat.models import FREEDOM, MENTOR, MGCN, SMORE, VBPR, LGMRec
 from recgoat.models.side_features import mixing_weights
-from recgoat.nn import bpr_loss
-from recgoat.training import BPRBatches
 from recgoat.utils.config import build_model
+from tests.helpers import bpr, bpr_batches, bpr_reference
 
 BASELINES = {"vbpr": VBPR, "freedom": FREEDOM, "mgcn": MGCN, "lgmrec": LGMRec, "smore": SMORE, "mentor": MENTOR}
 
@@ -27,7 +26,7 @@ def build(cls, dataset, tmp_path, *overrides: str):
 
 
 def first_batch(dataset, size=64):
-    return next(iter(BPRBatches(dataset, batch_size=size, seed=0, epoch_fn=lambda: 0)))
+    return next(iter(bpr_batches(dataset, batch_size=size, seed=0, epoch_fn=lambda: 0)))
 
 
 @pytest.mark.parametrize("name", list(BASELINES))
@@ -36,10 +35,10 @@ def test_full_ranking_scores_equal_the_batch_loss_scores(tiny_synthetic, tmp_pat
     model = build(BASELINES[name], tiny_synthetic, tmp_path).eval()
     batch = first_batch(tiny_synthetic)
     with torch.no_grad():
-        out = model.loss(batch)
+        out = model.loss(batch, bpr())
         pos = model.score_pairs(batch["user"], batch["pos"])
         neg = model.score_pairs(batch["user"], batch["neg"])
-    torch.testing.assert_close(out["bpr"], bpr_loss(pos, neg), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(out["bpr"], bpr_reference(pos, neg), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", list(BASELINES))
@@ -47,7 +46,7 @@ def test_gradients_reach_every_trainable_parameter(tiny_synthetic, tmp_path, nam
     torch.manual_seed(0)
     model = build(BASELINES[name], tiny_synthetic, tmp_path).train()
     model.on_train_epoch_start(0)
-    model.loss(first_batch(tiny_synthetic))["loss"].backward()
+    model.loss(first_batch(tiny_synthetic), bpr())["loss"].backward()
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and [n for n, p in model.named_parameters()
                           if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)] == []

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recgoat.training import BPRBatches
-from tests.helpers import QUIET, TINY_DATA, make_evaluator, run_in_process
+from tests.helpers import QUIET, TINY_DATA, bpr, bpr_batches, make_evaluator, run_in_process
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu.sh)")]
@@ -37,10 +36,10 @@ def test_recgoat_on_the_gpu_computes_what_it_computes_on_the_cpu(tiny_synthetic,
     on_cpu = evaluator.evaluate(cpu.scorer(), tiny_synthetic.test)
     on_gpu = evaluator.evaluate(gpu.scorer(), tiny_synthetic.test, device="cuda")
     assert on_gpu == pytest.approx(on_cpu, abs=0.02)   # near-ties may rank differently across devices
-    batch = next(iter(BPRBatches(tiny_synthetic, batch_size=64, seed=0, epoch_fn=lambda: 0)))
+    batch = next(iter(bpr_batches(tiny_synthetic, batch_size=64, seed=0, epoch_fn=lambda: 0)))
     batch = {k: v.cuda() for k, v in batch.items()}
     gpu.train()
-    loss = gpu.loss(batch)["loss"]
+    loss = gpu.loss(batch, bpr())["loss"]
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in gpu.parameters() if p.requires_grad)
 
@@ -64,13 +63,13 @@ def test_a_training_step_on_the_gpu_never_waits_for_the_device(model):
     apply_experiment(cfg, name)
     dataset = instantiate(cfg.dataset)
     rec = instantiate(cfg.model)(dataset=dataset).cuda()
-    batches = iter(BPRBatches(dataset, batch_size=64, seed=0, epoch_fn=lambda: 0))
+    batches = iter(bpr_batches(dataset, batch_size=64, seed=0, epoch_fn=lambda: 0))
     for step in range(2):   # the first step may start warm state (the OT map's potentials, solved to tol)
         rec.on_train_epoch_start(0)
         batch = {k: v.cuda() for k, v in next(batches).items()}
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error" if step == 1 else "default")
         try:
-            rec.loss(batch)["loss"].backward()
+            rec.loss(batch, bpr())["loss"].backward()
         finally:
             torch.cuda.set_sync_debug_mode("default")

@@ -18,13 +18,11 @@ from recgoat.nn import (
     GraphAttentionEncoder,
     MLPEncoder,
     Part,
-    bpr_loss,
     cmcl_loss,
     info_nce,
 )
-from recgoat.training import BPRBatches
 from recgoat.utils.config import ConfigError, build_model
-from tests.helpers import QUIET, TINY_DATA, run_in_process
+from tests.helpers import QUIET, TINY_DATA, bpr, bpr_batches, bpr_reference, run_in_process
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SMALL = ("model.embedding_dim=16", "model.modality_branches.knn_k=5", "model.modality_branches.encoder.heads=4",
@@ -49,7 +47,7 @@ def small_published(dataset, tmp_path, *overrides: str) -> RecGOAT:
 
 
 def first_batch(dataset):
-    return next(iter(BPRBatches(dataset, batch_size=64, seed=0, epoch_fn=lambda: 0)))
+    return next(iter(bpr_batches(dataset, batch_size=64, seed=0, epoch_fn=lambda: 0)))
 
 
 @pytest.mark.parametrize("ui", ["lightgcn", "attention"])
@@ -57,7 +55,7 @@ def test_gradients_reach_every_part(tiny_synthetic, tmp_path, ui):
     extra = ["+experiment=ui_attention", "ablate.id_encoder.heads=4"] if ui == "attention" else []
     # the user LM weight at 1: from the default 0 the user encoder's gradient is 0 until the weight has moved
     model = small_recgoat(tiny_synthetic, tmp_path, *extra, "model.user_branch.init_weight=1.0")
-    out = model.loss(first_batch(tiny_synthetic))
+    out = model.loss(first_batch(tiny_synthetic), bpr())
     assert set(out) == {"loss", "bpr", "reg", "cmcl", "oat_w1", "view_cl"}
     assert set(model.logged_values()) == {"user_llm_w"}   # a learned scalar: logged, never a loss term
     assert all(isinstance(part, Part) for part in model.parts())
@@ -75,9 +73,9 @@ def test_the_loss_is_bpr_plus_what_each_part_reports_weighted(tiny_synthetic, tm
     model = build(tiny_synthetic, tmp_path).eval()
     batch = first_batch(tiny_synthetic)
     with torch.no_grad():
-        out, reps = model.loss(batch), model.representations()
+        out, reps = model.loss(batch, bpr()), model.representations()
         u, p, n = reps["user"][batch["user"]], reps["item"][batch["pos"]], reps["item"][batch["neg"]]
-        torch.testing.assert_close(out["bpr"], bpr_loss((u * p).sum(-1), (u * n).sum(-1)))
+        torch.testing.assert_close(out["bpr"], bpr_reference((u * p).sum(-1), (u * n).sum(-1)))
         b = torch.unique(batch["pos"])   # CMCL towards the scored item (the fused one where there is a fusion)
         torch.testing.assert_close(out["cmcl"], cmcl_loss({m: z[b] for m, z in reps["aligned"].items()},
                                                           reps["item"][b], 0.2))
@@ -111,7 +109,7 @@ def test_the_default_scores_the_id_branch_and_the_side_view_brings_the_aligned_m
     for model, reached in ((plain, False), (full, True)):    # the modality branches reach BPR through the gates
         model.train()
         model.zero_grad()
-        model.loss(first_batch(tiny_synthetic))["bpr"].backward()
+        model.loss(first_batch(tiny_synthetic), bpr())["bpr"].backward()
         grads = [p.grad for p in model.modality_branches.parameters()]
         assert any(g is not None and float(g.abs().sum()) > 0 for g in grads) == reached
 
@@ -144,7 +142,7 @@ def test_the_user_lm_branch_is_added_with_its_learned_weight_from_its_initial_va
         same = torch.allclose(model.representations()["user"], no_branch.representations()["user"])
     assert same == (init == 0.0)
     model.train()
-    model.loss(first_batch(tiny_synthetic))["loss"].backward()
+    model.loss(first_batch(tiny_synthetic), bpr())["loss"].backward()
     assert float(model.user_branch.weight.grad.abs()) > 0  # learned from 0 too
 
 
@@ -152,7 +150,7 @@ def test_the_user_lm_branch_is_added_with_its_learned_weight_from_its_initial_va
 def test_detached_alignment_moves_the_modality_branches_only(tiny_synthetic, tmp_path, detach):
     model = small_recgoat(tiny_synthetic, tmp_path, "model.side_view=null",
                           f"model.alignment.detach_targets={str(detach).lower()}")
-    out = model.loss(first_batch(tiny_synthetic))
+    out = model.loss(first_batch(tiny_synthetic), bpr())
     (out["cmcl"] + out["oat_w1"]).backward()
     id_side = [model.item_emb, model.user_emb]
     id_grad = sum(float(p.grad.abs().sum()) for p in id_side if p.grad is not None)
@@ -182,7 +180,7 @@ def test_the_published_methods_fusion_is_the_methods_and_its_weights_are_learned
         norms = reps["item"].norm(dim=-1)
         torch.testing.assert_close(norms, torch.ones_like(norms))
     model.train()
-    out = model.loss(first_batch(tiny_synthetic))
+    out = model.loss(first_batch(tiny_synthetic), bpr())
     out["loss"].backward()
     assert float(model.fusion.weights.grad.abs().sum()) > 0
     logged = model.logged_values()   # the fusion's weights and the user branch's go to the logger, not the loss
@@ -193,7 +191,7 @@ def test_the_published_methods_fusion_is_the_methods_and_its_weights_are_learned
 
 def test_scoring_reads_the_oat_maps_warm_start_and_training_steps_carry_it(tiny_synthetic, tmp_path):
     model = small_published(tiny_synthetic, tmp_path)
-    model.loss(first_batch(tiny_synthetic))["loss"].backward()          # a training step: potentials kept
+    model.loss(first_batch(tiny_synthetic), bpr())["loss"].backward()          # a training step: potentials kept
     kept = [t.clone() for _, p, q in model.alignment.transport.get_extra_state() for t in (p, q)]
     model.eval()
     users = torch.arange(model.n_users)
@@ -202,7 +200,7 @@ def test_scoring_reads_the_oat_maps_warm_start_and_training_steps_carry_it(tiny_
     after = [t for _, p, q in model.alignment.transport.get_extra_state() for t in (p, q)]
     assert all(torch.equal(a, b) for a, b in zip(kept, after, strict=True))
     model.train()
-    model.loss(first_batch(tiny_synthetic))
+    model.loss(first_batch(tiny_synthetic), bpr())
     moved = [t for _, p, q in model.alignment.transport.get_extra_state() for t in (p, q)]
     assert not all(torch.equal(a, b) for a, b in zip(kept, moved, strict=True))
 
@@ -280,7 +278,7 @@ def test_each_ablation_swaps_its_part_of_the_chosen_model_and_its_loss_term(tiny
     removed, added = ABLATIONS[experiment]
     has = {part for part, present in parts_of(built).items() if present}
     assert has == (PARTS[model] - removed) | added
-    out = built.loss(first_batch(tiny_synthetic))
+    out = built.loss(first_batch(tiny_synthetic), bpr())
     assert {t for part, t in LOSS_TERMS.items() if part in has} == set(out) & set(LOSS_TERMS.values())
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
@@ -331,11 +329,11 @@ def test_the_rows_without_recgoat_are_their_baselines(tiny_synthetic, experiment
 
 def test_ranking_scores_equal_training_scores_in_eval_mode(tiny_synthetic, tmp_path):
     model = small_recgoat(tiny_synthetic, tmp_path).eval()
-    batch = next(iter(BPRBatches(tiny_synthetic, batch_size=64, seed=0, epoch_fn=lambda: 0)))
+    batch = next(iter(bpr_batches(tiny_synthetic, batch_size=64, seed=0, epoch_fn=lambda: 0)))
     with torch.no_grad():
-        out = model.loss(batch)
+        out = model.loss(batch, bpr())
         pos, neg = model.score_pairs(batch["user"], batch["pos"]), model.score_pairs(batch["user"], batch["neg"])
-    torch.testing.assert_close(out["bpr"], bpr_loss(pos, neg))
+    torch.testing.assert_close(out["bpr"], bpr_reference(pos, neg))
 
 
 def test_dataset_without_item_features_is_a_clear_error(tiny_synthetic):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from recgoat.graphs import normalized_bipartite_adjacency, sym_normalize
 from recgoat.models.mentor import MentorBranch, gaussian_gap
 from recgoat.models.smore import SpectrumFusion, elementwise_max
+from tests.helpers import bpr
 from tests.test_baselines import MENTOR, SMORE, build, first_batch
 
 
@@ -147,7 +148,7 @@ def test_mentor_loss_terms_are_its_equations_written_densely(tiny_synthetic, tmp
     batch = first_batch(ds)
     n_users = ds.n_users
     with torch.no_grad():
-        out = model.loss(batch)
+        out = model.loss(batch, bpr())
         adj = dense(normalized_bipartite_adjacency(ds.train))
         s = 0.1 * knn_reference(ds.item_features["image"], 5, weighted=False) \
             + 0.9 * knn_reference(ds.item_features["text"], 5, weighted=False)
@@ -198,7 +199,7 @@ def test_mentor_loss_terms_are_its_equations_written_densely(tiny_synthetic, tmp
 
 def test_mentor_masking_term_trains_nothing_and_the_rest_reaches_every_parameter(tiny_synthetic, tmp_path):
     model = build(MENTOR, tiny_synthetic, tmp_path).train()
-    out = model.loss(first_batch(tiny_synthetic))
+    out = model.loss(first_batch(tiny_synthetic), bpr())
     assert not out["masking"].requires_grad and not any(p.requires_grad for p in model.masking.parameters())
     grads = torch.autograd.grad(out["perturbation"], list(model.noisy.parameters()))
     assert all(g.abs().sum() > 0 for g in grads)

@@ -11,9 +11,8 @@ import torch
 from hydra.utils import instantiate
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from recgoat.training import BPRBatches
 from recgoat.utils.config import apply_experiment, compose_run
-from tests.helpers import TINY_DATA
+from tests.helpers import TINY_DATA, bpr, bpr_batches
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 aten = torch.ops.aten
@@ -55,11 +54,11 @@ def test_a_training_step_has_no_data_dependent_shapes(model):
     torch.manual_seed(0)
     dataset = instantiate(cfg.dataset)
     rec = instantiate(cfg.model)(dataset=dataset)
-    batches = iter(BPRBatches(dataset, batch_size=64, seed=0, epoch_fn=lambda: 0))
+    batches = iter(bpr_batches(dataset, batch_size=64, seed=0, epoch_fn=lambda: 0))
     for model_epoch_batch in range(2):   # the first step may start warm state (the OT map's potentials)
         rec.on_train_epoch_start(0)
         batch = next(batches)
         with DataDependentOps() as mode:
-            rec.loss(batch)["loss"].backward()
+            rec.loss(batch, bpr())["loss"].backward()
         if model_epoch_batch == 1:
             assert mode.seen == [], f"model={model}: {sorted(set(mode.seen))}"

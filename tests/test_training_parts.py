@@ -9,14 +9,14 @@ from recgoat.data import DataError, RecDataset, matrix_from_pairs
 from recgoat.graphs import normalized_bipartite_adjacency
 from recgoat.graphs.csr import DeviceCSR, spmm, to_torch_csr
 from recgoat.models import MostPop
-from recgoat.nn import LightGCNPropagation, bpr_loss, embedding_norm_penalty
-from recgoat.training import BPRBatches, NegativeSampler
+from recgoat.nn import LightGCNPropagation, embedding_norm_penalty
 from recgoat.utils.config import build_model
+from tests.helpers import bpr, bpr_batches, bpr_reference, from_yaml
 
 
 def test_negatives_never_hit_training_items(tiny_synthetic):
     d = tiny_synthetic
-    sampler = NegativeSampler(d)
+    sampler = from_yaml("loss.negatives")(dataset=d)
     users = torch.from_numpy(d.train_pairs()[0]).repeat(20)
     neg = sampler.sample(users, torch.Generator().manual_seed(0))
     dense = torch.from_numpy(d.train.toarray()).bool()
@@ -30,13 +30,13 @@ def test_user_with_every_item_cannot_be_sampled():
     m = matrix_from_pairs([0, 0, 1], [0, 1, 0], 2, 2)
     d = RecDataset("full", m, matrix_from_pairs([1], [1], 2, 2), matrix_from_pairs([1], [1], 2, 2))
     with pytest.raises(DataError, match="user index 0 has every item in training"):
-        NegativeSampler(d)
+        from_yaml("loss.negatives")(dataset=d)
 
 
 def test_epochs_are_deterministic_and_shards_partition_the_pairs(tiny_synthetic):
     d = tiny_synthetic
     epoch = {"e": 0}
-    loader = BPRBatches(d, batch_size=64, seed=5, epoch_fn=lambda: epoch["e"])
+    loader = bpr_batches(d, batch_size=64, seed=5, epoch_fn=lambda: epoch["e"])
     first = [b["neg"].clone() for b in loader]
     assert all(torch.equal(a, b["neg"]) for a, b in zip(first, loader, strict=True))
     epoch["e"] = 1
@@ -45,7 +45,7 @@ def test_epochs_are_deterministic_and_shards_partition_the_pairs(tiny_synthetic)
     epoch["e"] = 0
     seen = []
     for rank in range(2):
-        shard = BPRBatches(d, batch_size=64, seed=5, epoch_fn=lambda: 0, rank_fn=lambda r=rank: (r, 2))
+        shard = bpr_batches(d, batch_size=64, seed=5, epoch_fn=lambda: 0, rank_fn=lambda r=rank: (r, 2))
         batches = list(shard)
         assert len(batches) == len(shard)
         seen += [(int(u), int(i)) for b in batches for u, i in zip(b["user"], b["pos"], strict=True)]
@@ -84,12 +84,12 @@ def test_lightgcn_propagation_matches_dense_reference(tiny_synthetic):
 def test_ranking_scores_equal_the_scores_the_loss_uses(tiny_synthetic, name):
     torch.manual_seed(0)
     model = build_model(tiny_synthetic, [f"model={name}", "model.embedding_dim=8"])
-    batch = next(iter(BPRBatches(tiny_synthetic, batch_size=32, seed=0, epoch_fn=lambda: 0)))
-    out = model.loss(batch)
+    batch = next(iter(bpr_batches(tiny_synthetic, batch_size=32, seed=0, epoch_fn=lambda: 0)))
+    out = model.loss(batch, bpr())
     # recompute the BPR term from the full-ranking scores
     pos = model.score_pairs(batch["user"], batch["pos"])
     neg = model.score_pairs(batch["user"], batch["neg"])
-    torch.testing.assert_close(out["bpr"], bpr_loss(pos, neg))
+    torch.testing.assert_close(out["bpr"], bpr_reference(pos, neg))
     assert out["loss"].requires_grad
     out["loss"].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

@@ -107,7 +107,7 @@ def train_in(folder: RunFolder) -> dict:
     evaluator = instantiate(cfg.evaluation)(train=dataset.train)
     check_run(cfg, dataset, evaluator, model)
     module = RecModule(model, dataset, optimizer=instantiate(cfg.optimizer), evaluator=evaluator,
-                       run_config=resolved)
+                       run_config=resolved, objective=ranking_objective(cfg, dataset))
     datamodule = instantiate(cfg.datamodule)(dataset=dataset)
 
     state = RunState(cfg.monitor, Timings())
@@ -145,6 +145,12 @@ def set_threads(cfg: DictConfig) -> None:
     threads = threads_per_job(jobs, typed(cfg, "threads", int, optional=True))
     if threads is not None:
         torch.set_num_threads(threads)
+
+
+def ranking_objective(cfg: DictConfig, dataset):
+    """The loss group's objective; a partial one (it needs the data: item frequencies) is given the dataset."""
+    objective = instantiate(cfg.loss.objective)
+    return objective(dataset=dataset) if isinstance(objective, functools.partial) else objective
 
 
 def load_dataset(cfg: DictConfig):

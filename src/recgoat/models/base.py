@@ -2,9 +2,10 @@
 
 A recommender is a plain ``nn.Module`` (no Lightning inside) built from a :class:`RecDataset`:
 
-- ``loss(batch) -> dict``: the training objective of a batch ``{"user", "pos", "neg", "items"}`` (int64
-  tensors; ``items``: the distinct positives, sorted); key ``"loss"`` is optimised, every other key is logged as a
-  loss term.
+- ``train_step(batch) -> TrainingStep``: for a batch ``{"user", "pos", "neg", "items"}`` (int64 tensors; ``neg``
+  ``[B]`` or ``[B, N]``; ``items``: the distinct positives, sorted), the user, positive and negative vectors that the
+  loss group's objective ranks (``conf/loss/``, computed once, outside the models), the model's own terms, and how
+  it combines them; :meth:`Recommender.loss` applies an objective and returns every term (``"loss"`` optimised).
 - ``scorer() -> Scorer``: computes the final user/item representations once (no gradient) and
   returns an object that scores any users against any slice of items for full ranking.
 - ``score_pairs(users, items)``: the score the loss uses for given (user, item) pairs, so tests
@@ -14,11 +15,13 @@ A recommender is a plain ``nn.Module`` (no Lightning inside) built from a :class
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from recgoat.nn.losses import bpr_loss
+from recgoat.nn.ranking import RankingObjective
 
 
 def check_dim(dim: int) -> int:
@@ -59,6 +62,22 @@ class EmbeddingScorer(Scorer):
         return self.user_emb[users] @ item_emb.T
 
 
+@dataclass
+class TrainingStep:
+    """What a model's training step gives the loss group (``conf/loss/``).
+
+    Args:
+        rankings: ``{suffix: (u, p, n)}``: the batch's user vectors ``[B, d]``, positives' ``[B, d]`` and negatives'
+            ``[B, d]`` or ``[B, N, d]``, whose inner products the objective ranks; ``""`` the model's own scores,
+            other suffixes further tables it ranks (FREEDOM's per-modality ones), logged as ``<objective><suffix>``.
+        terms: the model's own terms (regularisation, contrastive, alignment, ...), logged by name.
+        total: the training loss from ``{suffix: ranking value}``: the model's weights and the order of its sums.
+    """
+    rankings: dict[str, tuple[Tensor, Tensor, Tensor]]
+    terms: dict[str, Tensor]
+    total: Callable[[dict[str, Tensor]], Tensor]
+
+
 class Recommender(nn.Module, abc.ABC):
     """Base class of all recommenders.
 
@@ -73,8 +92,15 @@ class Recommender(nn.Module, abc.ABC):
         self.n_items = n_items
 
     @abc.abstractmethod
-    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        ...
+    def train_step(self, batch: dict[str, Tensor]) -> TrainingStep:
+        """The batch's vectors to rank and the model's own terms (see :class:`TrainingStep`)."""
+
+    def loss(self, batch: dict[str, Tensor], objective: RankingObjective) -> dict[str, Tensor]:
+        """The training loss of a batch: the loss group's ``objective`` on each of the model's rankings, combined
+        with its own terms as the model does (``loss``, optimised), and every part of it (logged)."""
+        step = self.train_step(batch)
+        ranked = {suffix: objective(u, p, n, batch) for suffix, (u, p, n) in step.rankings.items()}
+        return {**{f"{objective.name}{s}": v for s, v in ranked.items()}, **step.terms, "loss": step.total(ranked)}
 
     @abc.abstractmethod
     def scorer(self) -> Scorer:
@@ -116,16 +142,16 @@ class ContentSideRecommender(Recommender):
         z = content + side
         return z[: self.n_users], z[self.n_users:]
 
-    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def train_step(self, batch: dict[str, Tensor]) -> TrainingStep:
         content, side = self.views()
         z = content + side
         users, pos, neg = batch["user"], batch["pos"] + self.n_users, batch["neg"] + self.n_users
         u, p, n = z[users], z[pos], z[neg]
-        bpr = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
         reg = 0.5 * (u.square().sum() + p.square().sum() + n.square().sum()) / len(users)
         contrast = self.view_contrast()
         cl = contrast(side[pos], content[pos], side[users], content[users])
-        return {"loss": bpr + self.reg_weight * reg + contrast.weight * cl, "bpr": bpr, "reg": reg, "cl": cl}
+        return TrainingStep({"": (u, p, n)}, {"reg": reg, "cl": cl},
+                            lambda r: r[""] + self.reg_weight * reg + contrast.weight * cl)
 
     @torch.no_grad()
     def scorer(self) -> Scorer:

@@ -4,8 +4,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from recgoat.data import RecDataset
-from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, check_dim
-from recgoat.nn import bpr_loss, embedding_norm_penalty
+from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, TrainingStep, check_dim
+from recgoat.nn import embedding_norm_penalty
 
 
 class BPRMF(Recommender):
@@ -25,13 +25,12 @@ class BPRMF(Recommender):
         nn.init.xavier_normal_(self.user_emb.weight)
         nn.init.xavier_normal_(self.item_emb.weight)
 
-    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def train_step(self, batch: dict[str, Tensor]) -> TrainingStep:
         u = self.user_emb(batch["user"])   # [B, d]
         p = self.item_emb(batch["pos"])    # [B, d]
-        n = self.item_emb(batch["neg"])    # [B, d]
-        bpr = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
+        n = self.item_emb(batch["neg"])    # [B, d] or [B, N, d]
         reg = embedding_norm_penalty(u, p, n)
-        return {"loss": bpr + self.reg_weight * reg, "bpr": bpr, "reg": reg}
+        return TrainingStep({"": (u, p, n)}, {"reg": reg}, lambda r: r[""] + self.reg_weight * reg)
 
     def scorer(self) -> Scorer:
         return EmbeddingScorer(self.user_emb.weight, self.item_emb.weight)

@@ -8,9 +8,9 @@ from recgoat.data import RecDataset
 from recgoat.graphs import degree_sensitive_pruning, normalized_bipartite_adjacency
 from recgoat.graphs.csr import DeviceCSR
 from recgoat.graphs.knn import KNNGraphs, KNNSearch
-from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
+from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, TrainingStep, id_embedding
 from recgoat.models.side_features import item_modalities, mixing_weights
-from recgoat.nn import bpr_loss, feature_tables
+from recgoat.nn import feature_tables
 from recgoat.nn.backends import lightgcn_propagation
 
 
@@ -84,18 +84,20 @@ class FREEDOM(Recommender):
         out = self.propagate(torch.cat([self.user_emb, self.item_emb]), adj)
         return out[: self.n_users], out[self.n_users:] + h
 
-    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def train_step(self, batch: dict[str, Tensor]) -> TrainingStep:
         users, items = self()
         u, pos, neg = users[batch["user"]], batch["pos"], batch["neg"]
-        bpr = bpr_loss((u * items[pos]).sum(-1), (u * items[neg]).sum(-1))
-        out = {"bpr": bpr}
-        modal = 0.0
-        for m in self.modalities:
+        rankings = {"": (u, items[pos], items[neg])}
+        for m in self.modalities:   # each modality's projected features ranked on their own too
             z = self.projections[m](self.features[m])
-            out[f"bpr_{m}"] = bpr_loss((u * z[pos]).sum(-1), (u * z[neg]).sum(-1))
-            modal = modal + out[f"bpr_{m}"]
-        out["loss"] = bpr + self.modality_bpr_weight * modal
-        return out
+            rankings[f"_{m}"] = (u, z[pos], z[neg])
+
+        def total(ranked: dict[str, Tensor]) -> Tensor:
+            modal = 0.0
+            for m in self.modalities:
+                modal = modal + ranked[f"_{m}"]
+            return ranked[""] + self.modality_bpr_weight * modal
+        return TrainingStep(rankings, {}, total)
 
     @torch.no_grad()
     def scorer(self) -> Scorer:

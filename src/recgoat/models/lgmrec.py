@@ -12,9 +12,9 @@ from torch import Tensor, nn
 from recgoat.data import RecDataset
 from recgoat.graphs import normalized_bipartite_adjacency, row_mean
 from recgoat.graphs.csr import DeviceCSR, spmm
-from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
+from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, TrainingStep, id_embedding
 from recgoat.models.side_features import item_modalities
-from recgoat.nn import bpr_loss, embedding_norm_penalty
+from recgoat.nn import embedding_norm_penalty
 from recgoat.nn.backends import lightgcn_propagation
 
 
@@ -121,14 +121,14 @@ class LGMRec(Recommender):
                 total = total + F.cross_entropy(logits, idx, reduction="sum")
         return total
 
-    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def train_step(self, batch: dict[str, Tensor]) -> TrainingStep:
         z, hyper = self.representations()
         users, pos, neg = batch["user"], batch["pos"], batch["neg"]
         u, p, n = z[users], z[pos + self.n_users], z[neg + self.n_users]
-        bpr = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
         reg = embedding_norm_penalty(u, p, n)
         hcl = self.hypergraph_contrast(hyper, users, pos)
-        return {"loss": bpr + self.cl_weight * hcl + self.reg_weight * reg, "bpr": bpr, "reg": reg, "hcl": hcl}
+        return TrainingStep({"": (u, p, n)}, {"reg": reg, "hcl": hcl},
+                            lambda r: r[""] + self.cl_weight * hcl + self.reg_weight * reg)
 
     @torch.no_grad()
     def scorer(self) -> Scorer:

@@ -7,9 +7,9 @@ from torch import Tensor, nn
 from recgoat.data import RecDataset
 from recgoat.graphs import normalized_bipartite_adjacency
 from recgoat.graphs.csr import DeviceCSR
-from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
+from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, TrainingStep, id_embedding
 from recgoat.models.side_features import item_modalities
-from recgoat.nn import bpr_loss, embedding_norm_penalty
+from recgoat.nn import embedding_norm_penalty
 from recgoat.nn.backends import lightgcn_propagation
 
 
@@ -44,13 +44,12 @@ class LightGCN(Recommender):
         out = self.propagate(torch.cat([self.user_emb, self.item_ego()]), self.adj)
         return out[: self.n_users], out[self.n_users:]
 
-    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def train_step(self, batch: dict[str, Tensor]) -> TrainingStep:
         users, items = self()
         u, p, n = users[batch["user"]], items[batch["pos"]], items[batch["neg"]]
-        bpr = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
         reg = embedding_norm_penalty(self.user_emb[batch["user"]], self.item_emb[batch["pos"]],
                                      self.item_emb[batch["neg"]])
-        return {"loss": bpr + self.reg_weight * reg, "bpr": bpr, "reg": reg}
+        return TrainingStep({"": (u, p, n)}, {"reg": reg}, lambda r: r[""] + self.reg_weight * reg)
 
     @torch.no_grad()
     def scorer(self) -> Scorer:

@@ -12,9 +12,9 @@ from recgoat.data import RecDataset
 from recgoat.graphs import normalized_bipartite_adjacency
 from recgoat.graphs.csr import DeviceCSR, spmm
 from recgoat.graphs.knn import KNNGraphs, KNNSearch
-from recgoat.models.base import EmbeddingScorer, Recommender, Scorer
+from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, TrainingStep
 from recgoat.models.side_features import item_modalities, mixing_weights
-from recgoat.nn import bpr_loss, feature_tables, info_nce
+from recgoat.nn import feature_tables, info_nce
 
 
 class MentorBranch(nn.Module):
@@ -151,12 +151,11 @@ class MENTOR(Recommender):
         z = self._weighted(self._branches(self.branches, 0.0))
         return z[: self.n_users], z[self.n_users:]
 
-    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def train_step(self, batch: dict[str, Tensor]) -> TrainingStep:
         reps = self._branches(self.branches, 0.0)
         z = self._weighted(reps)
         users, pos, neg = batch["user"], batch["pos"] + self.n_users, batch["neg"] + self.n_users
         u = z[users]
-        bpr = bpr_loss((u * z[pos]).sum(-1), (u * z[neg]).sum(-1))
         reg = sum(self.branches[m].preference[users].square().mean() for m in self.modalities) \
             + self.user_weights.square().mean()
 
@@ -174,10 +173,11 @@ class MENTOR(Recommender):
             masking = (1 - F.cosine_similarity(kept[: self.n_users], masked[: self.n_users]).mean()) \
                 + (1 - F.cosine_similarity(kept[self.n_users:], masked[self.n_users:]).mean())
 
-        loss = bpr / math.log(2) + self.reg_weight * reg + self.align_weight * align \
-            + self.mask_weight_g * perturbation + self.mask_weight_f * masking
-        return {"loss": loss, "bpr": bpr, "reg": reg, "align": align, "perturbation": perturbation,
-                "masking": masking}
+        def total(ranked: dict[str, Tensor]) -> Tensor:   # the authors' BPR is in bits: / log 2
+            return ranked[""] / math.log(2) + self.reg_weight * reg + self.align_weight * align \
+                + self.mask_weight_g * perturbation + self.mask_weight_f * masking
+        return TrainingStep({"": (u, z[pos], z[neg])}, {"reg": reg, "align": align, "perturbation": perturbation,
+                                                        "masking": masking}, total)
 
     @torch.no_grad()
     def scorer(self) -> Scorer:

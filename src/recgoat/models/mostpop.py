@@ -27,7 +27,7 @@ class MostPop(Recommender):
         super().__init__(dataset.n_users, dataset.n_items)
         self.register_buffer("popularity", torch.as_tensor(dataset.item_popularity(), dtype=torch.float32))
 
-    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def train_step(self, batch: dict[str, Tensor]):
         raise RuntimeError("MostPop has nothing to train")
 
     def scorer(self) -> Scorer:

@@ -30,9 +30,9 @@ from recgoat.data import DataError, RecDataset
 from recgoat.graphs import normalized_bipartite_adjacency
 from recgoat.graphs.csr import DeviceCSR
 from recgoat.graphs.knn import KNNGraphs, KNNSearch
-from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, id_embedding
+from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, TrainingStep, id_embedding
 from recgoat.models.side_features import fill_missing_rows, item_modalities
-from recgoat.nn import bpr_loss, check_backend, embedding_norm_penalty
+from recgoat.nn import check_backend, embedding_norm_penalty
 
 
 class RecGOAT(Recommender):
@@ -127,23 +127,24 @@ class RecGOAT(Recommender):
         return (part for part in (getattr(self, name) for name in self.PARTS) if part is not None)
 
     def loss_terms(self, batch: dict[str, Tensor], reps: dict) -> Iterator[tuple[str, float, Tensor]]:
-        """``(name, weight, unweighted value)`` of every term besides BPR, each computed as it is taken."""
+        """``(name, weight, unweighted value)`` of every term besides the ranking objective."""
         yield "reg", self.reg_weight, embedding_norm_penalty(self.user_emb[batch["user"]], self.item_emb[batch["pos"]],
                                                              self.item_emb[batch["neg"]])
         for part in self.parts():
             yield from part.loss_terms(batch, reps)
 
-    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def train_step(self, batch: dict[str, Tensor]) -> TrainingStep:
         reps = self.representations()
         users, items = reps["user"], reps["item"]
-        u, p, n = users[batch["user"]], items[batch["pos"]], items[batch["neg"]]
-        out = {"bpr": bpr_loss((u * p).sum(-1), (u * n).sum(-1))}
-        loss = out["bpr"]
-        for name, weight, value in self.loss_terms(batch, reps):
-            out[name] = value
-            loss = loss + weight * value
-        out["loss"] = loss
-        return out
+        terms = list(self.loss_terms(batch, reps))
+
+        def total(ranked: dict[str, Tensor]) -> Tensor:
+            loss = ranked[""]
+            for _, weight, value in terms:
+                loss = loss + weight * value
+            return loss
+        return TrainingStep({"": (users[batch["user"]], items[batch["pos"]], items[batch["neg"]])},
+                            {name: value for name, _, value in terms}, total)
 
     def logged_values(self) -> dict[str, Tensor]:
         return {name: value for part in self.parts() for name, value in part.logged_values().items()}

@@ -6,9 +6,9 @@ import torch
 from torch import Tensor, nn
 
 from recgoat.data import RecDataset
-from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, check_dim
+from recgoat.models.base import EmbeddingScorer, Recommender, Scorer, TrainingStep, check_dim
 from recgoat.models.side_features import item_modalities
-from recgoat.nn import bpr_loss, embedding_norm_penalty
+from recgoat.nn import embedding_norm_penalty
 
 
 class VBPR(Recommender):
@@ -47,12 +47,11 @@ class VBPR(Recommender):
         """Final (user [n_users, 2d], item [n_items, 2d]) representations."""
         return self.user_emb, torch.cat([self.item_emb, self.item_linear(self.features)], dim=1)
 
-    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def train_step(self, batch: dict[str, Tensor]) -> TrainingStep:
         users, items = self()
         u, p, n = users[batch["user"]], items[batch["pos"]], items[batch["neg"]]
-        bpr = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
         reg = embedding_norm_penalty(u, p, n)
-        return {"loss": bpr + self.reg_weight * reg, "bpr": bpr, "reg": reg}
+        return TrainingStep({"": (u, p, n)}, {"reg": reg}, lambda r: r[""] + self.reg_weight * reg)
 
     @torch.no_grad()
     def scorer(self) -> Scorer:

@@ -7,7 +7,7 @@ from recgoat.nn.fused_gat import FusedGATConv, edge_dropout
 from recgoat.nn.fusion import AdaptiveFusion
 from recgoat.nn.gat import AttentionPropagation, GraphAttentionEncoder, MLPEncoder
 from recgoat.nn.lightgcn import LightGCNPropagation
-from recgoat.nn.losses import bpr_loss, embedding_norm_penalty
+from recgoat.nn.losses import embedding_norm_penalty
 from recgoat.nn.oat import AdaptiveTransportMap, DimensionTransport, SinkhornW1, dimension_cost
 from recgoat.nn.part import Part
 from recgoat.nn.side_view import FeatureGates, SideView, ViewContrast, feature_tables
@@ -16,5 +16,5 @@ __all__ = ["BACKENDS", "CMCL", "AdaptiveFusion", "AdaptiveTransportMap", "Alignm
            "BackendUnavailable", "DimensionTransport", "FeatureGates", "FusedGATConv", "GraphAttentionEncoder",
            "LightGCNPropagation", "MLPEncoder", "ModalityBranches", "Part", "SideView", "SinkhornW1",
            "UserLMBranch",
-           "ViewContrast", "bpr_loss", "check_backend", "cmcl_loss", "dimension_cost", "edge_dropout",
+           "ViewContrast", "check_backend", "cmcl_loss", "dimension_cost", "edge_dropout",
            "embedding_norm_penalty", "feature_tables", "info_nce", "lightgcn_propagation"]

@@ -2,17 +2,7 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-
-
-def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
-    """Bayesian personalised ranking: ``mean(-log sigmoid(s_pos - s_neg))``.
-
-    Written with ``softplus`` (``-log sigmoid(x) = softplus(-x)``), which is exact where MMRec's
-    ``-log(1e-10 + sigmoid(x))`` saturates.
-    """
-    return F.softplus(neg_scores - pos_scores).mean()
 
 
 def embedding_norm_penalty(*embeddings: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """LightningDataModule: BPR batches for training, user batches for full-ranking evaluation."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytorch_lightning as pl
@@ -10,7 +10,7 @@ from torch import Tensor
 
 from recgoat.data import RecDataset
 from recgoat.eval import users_with_items
-from recgoat.training.sampling import BPRBatches
+from recgoat.training.sampling import BPRBatches, NegativeSampler
 
 
 class UserBatches:
@@ -35,9 +35,12 @@ class RecDataModule(pl.LightningDataModule):
         batch_size: training pairs per batch (per device).
         eval_batch_size: users per evaluation batch (the evaluator's ``user_batch``: users are batched once).
         seed: seed of the epoch permutations and negatives.
+        negatives: the loss group's negative sampler, partial (``conf/loss/<name>.yaml``: ``negatives``); given the
+            dataset here.
     """
 
-    def __init__(self, dataset: RecDataset, *, batch_size: int, eval_batch_size: int, seed: int):
+    def __init__(self, dataset: RecDataset, *, batch_size: int, eval_batch_size: int, seed: int,
+                 negatives: Callable[..., NegativeSampler]):
         super().__init__()
         for name, value in (("datamodule.batch_size", batch_size), ("datamodule.eval_batch_size", eval_batch_size)):
             if int(value) < 1:
@@ -46,6 +49,7 @@ class RecDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
+        self.negatives = negatives(dataset=dataset)
 
     def _rank(self) -> tuple[int, int]:
         if self.trainer is None:
@@ -56,7 +60,8 @@ class RecDataModule(pl.LightningDataModule):
         return 0 if self.trainer is None else self.trainer.current_epoch
 
     def train_dataloader(self) -> BPRBatches:
-        return BPRBatches(self.dataset, self.batch_size, self.seed, epoch_fn=self._epoch, rank_fn=self._rank)
+        return BPRBatches(self.dataset, self.batch_size, self.seed, epoch_fn=self._epoch, negatives=self.negatives,
+                          rank_fn=self._rank)
 
     def _users(self, split: str) -> UserBatches:
         return UserBatches(users_with_items(self.dataset.split(split)), self.eval_batch_size, *self._rank())

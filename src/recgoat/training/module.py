@@ -9,11 +9,12 @@ from torch import Tensor
 from recgoat.data import RecDataset
 from recgoat.eval import FullRankingEvaluator, MetricSums
 from recgoat.models.base import Recommender
+from recgoat.nn.ranking import RankingObjective
 from recgoat.training.checkpoint import META_KEY, metadata
 
 
 class RecModule(pl.LightningModule):
-    """Trains a :class:`Recommender` on BPR batches; evaluates by exact full ranking.
+    """Trains a :class:`Recommender` on the loss group's objective; evaluates by exact full ranking.
 
     Validation runs on the valid split every epoch (metrics logged as ``valid/<metric>@K``);
     test runs only when asked (``trainer.test``), normally once, on the best checkpoint.
@@ -27,13 +28,15 @@ class RecModule(pl.LightningModule):
         evaluator: the full-ranking evaluator (built on ``dataset.train``).
         run_config: the resolved run config: the module's hyper-parameters (so loggers record it) and
             stored in checkpoints.
+        objective: the loss group's ranking objective (``conf/loss/``), applied to every model's rankings.
     """
 
     def __init__(self, model: Recommender, dataset: RecDataset, optimizer: Callable,
-                 evaluator: FullRankingEvaluator, run_config: dict):
+                 evaluator: FullRankingEvaluator, run_config: dict, objective: RankingObjective):
         super().__init__()
         self.save_hyperparameters(run_config)
         self.model = model
+        self.objective = objective   # a module: its buffers (item frequencies) follow the device
         self.dataset = dataset
         self.optimizer_factory = optimizer
         self.run_config = run_config
@@ -47,7 +50,7 @@ class RecModule(pl.LightningModule):
         self.model.on_train_epoch_start(self.current_epoch)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        out = self.model.loss(batch)
+        out = self.model.loss(batch, self.objective)
         n = batch["user"].numel()
         for name, value in out.items():
             if isinstance(value, Tensor) and value.numel() == 1:
