@@ -27,6 +27,7 @@ from recgoat.utils.config import compose
 from tests.test_data import write_mmrec
 
 TINY_RUN = 'run=["debug=tiny"]'
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def board(out: Path, *overrides: str) -> dict:
@@ -300,3 +301,20 @@ def test_an_unquoted_override_in_run_gets_the_quoting_it_needs():
                                                    "'run=[\"debug=tiny\", \"trainer.max_epochs=2\"]'")):
         check_list_overrides(["models=[lightgcn]", "run=[debug=tiny,trainer.max_epochs=2]"])
     check_list_overrides(['run=["debug=tiny"]', "run=[]", "models=[a,b]"])   # quoted, empty, not run: no error
+
+
+def test_a_loss_joins_every_models_space_with_its_own_parameters(tmp_path):
+    space = load_space(ROOT / "conf" / "leaderboard" / "space", "lightgcn", loss="softmax")
+    assert {"loss.objective.tau", "loss.negatives.n", "optimizer.lr"} <= set(space.params)
+    assert load_space(ROOT / "conf" / "leaderboard" / "space", "lightgcn", loss="bpr").params == \
+        load_space(ROOT / "conf" / "leaderboard" / "space", "lightgcn").params      # BPR has nothing of its own to tune
+    out = tmp_path / "lb"
+    payload = board(out, "models=[lightgcn]", "trials=2", "seeds=1", 'run=["debug=tiny","loss=softmax"]',
+                    "budget.max_epochs=2")
+    assert payload["rows"][0]["status"] == "done"
+    trials = trials_of(out, "lightgcn")
+    assert trials[0].params["loss.objective.tau"] == 0.2 and trials[0].params["loss.negatives.n"] == 64  # its yaml's
+    runs = [json.loads(p.read_text()) for p in out.rglob("results.json")]
+    assert len(runs) == 3 and {r["config"]["loss"]["objective"]["_target_"] for r in runs} == {
+        "recgoat.nn.ranking.SampledSoftmax"}
+    assert load_space(out / "spaces", "lightgcn").text == space.text    # the folder's copy reads back the same

@@ -56,7 +56,8 @@ class SpaceSweeper(Sweeper):
 
         from recgoat.leaderboard.space import as_overrides, load_space, suggest
 
-        space = load_space(self.space_dir, self.space_name)
+        loss = self.config.hydra.runtime.choices.get("loss")   # the objective's own parameters join the space
+        space = load_space(self.space_dir, self.space_name, loss=loss)
         fixed = self._fixed(arguments, space)
         study = optuna.create_study(study_name=self.study_name, storage=self.storage, direction=self.direction,
                                     sampler=self.sampler, load_if_exists=True)
@@ -105,5 +106,5 @@ class SpaceSweeper(Sweeper):
         tuned = sorted(keys & set(space.params))
         if tuned:
             raise ValueError(f"{tuned}: set on the command line but tuned by {space.path}")
-        own = [o for o in space.run if o.split("=", 1)[0].lstrip("+~") not in keys]
+        own = [o for o in space.run if o.split("=", 1)[0].lstrip("+~") not in keys]   # loss= is the command's
         return [*own, *arguments, *([] if "test" in keys else ["test=false"])]

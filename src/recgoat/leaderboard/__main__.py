@@ -87,7 +87,8 @@ def leaderboard(cfg: DictConfig, dataset: str, dataset_overrides: list[str] = ()
         raise ValueError(f"monitor={cfg.monitor} must be one of metrics={list(cfg.metrics)} (the table reports it)")
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    spaces = [load_space(cfg.space_dir, m) for m in cfg.models]
+    loss = next((str(o).split("=", 1)[1] for o in cfg.run if str(o).split("=", 1)[0].lstrip("+") == "loss"), None)
+    spaces = [load_space(cfg.space_dir, m, loss=loss) for m in cfg.models]   # the objective's parameters join
     if len({s.name for s in spaces}) != len(spaces):
         raise ValueError(f"models lists a model twice: {list(cfg.models)}")
     run = [*dataset_overrides, *(str(o) for o in cfg.run)]

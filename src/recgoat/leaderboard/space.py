@@ -37,8 +37,29 @@ class Space:
         return hashlib.sha256(self.text.encode()).hexdigest()
 
 
-def load_space(space_dir: str | Path, name: str) -> Space:
-    path = Path(space_dir) / f"{name}.yaml"
+def load_space(space_dir: str | Path, name: str, loss: str | None = None) -> Space:
+    """The search space of model ``name``; with ``loss`` (the ``conf/loss`` option the runs are given, by the
+    leaderboard's ``run`` or the sweep's command line) the objective's own parameters
+    (``<space_dir>/../loss/<loss>.yaml``, where the objective has any) join the model's, as one space (its text a
+    space file of its own, so a leaderboard folder's copy reads back the same)."""
+    space = _read_space(Path(space_dir) / f"{name}.yaml", name, space_dir)
+    if loss is None:
+        return space
+    loss_path = Path(space_dir).parent / "loss" / f"{loss}.yaml"
+    extra = _read_space(loss_path, loss, loss_path.parent) if loss_path.is_file() else None
+    if extra is None:
+        return space
+    shared = sorted(space.params.keys() & extra.params.keys())
+    if shared:
+        raise SpaceError(f"{space.path} and {loss_path} both tune {shared}")
+    params = {**space.params, **extra.params}
+    run = (*space.run, *extra.run)
+    text = (f"# {space.path.name} with loss={loss}'s parameters ({loss_path.name})\n"
+            + yaml.safe_dump({"run": list(run), "params": params}, sort_keys=False))
+    return Space(name=name, path=space.path, text=text, run=run, params=params)
+
+
+def _read_space(path: Path, name: str, space_dir) -> Space:
     if not path.is_file():
         known = sorted(p.stem for p in Path(space_dir).glob("*.yaml"))
         raise SpaceError(f"models: no search space {path} for {name!r} (spaces in {space_dir}: {known})")
