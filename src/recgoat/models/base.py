@@ -70,12 +70,15 @@ class TrainingStep:
         rankings: ``{suffix: (u, p, n)}``: the batch's user vectors ``[B, d]``, positives' ``[B, d]`` and negatives'
             ``[B, d]`` or ``[B, N, d]``, whose inner products the objective ranks; ``""`` the model's own scores,
             other suffixes further tables it ranks (FREEDOM's per-modality ones), logged as ``<objective><suffix>``.
-        terms: the model's own terms (regularisation, contrastive, alignment, ...), logged by name.
-        total: the training loss from ``{suffix: ranking value}``: the model's weights and the order of its sums.
+        terms: computes the model's own terms (regularisation, contrastive, alignment, ...), logged by name; called
+            after the rankings are ranked, so each op is recorded where it always was (autograd sums a tensor's
+            gradients in the order of its uses: another order changes the last bits, and training curves drift).
+        total: the training loss from ``{suffix: ranking value}`` and the terms: the model's weights and the order of
+            its sums.
     """
     rankings: dict[str, tuple[Tensor, Tensor, Tensor]]
-    terms: dict[str, Tensor]
-    total: Callable[[dict[str, Tensor]], Tensor]
+    terms: Callable[[], dict[str, Tensor]]
+    total: Callable[[dict[str, Tensor], dict[str, Tensor]], Tensor]
 
 
 class Recommender(nn.Module, abc.ABC):
@@ -100,7 +103,8 @@ class Recommender(nn.Module, abc.ABC):
         with its own terms as the model does (``loss``, optimised), and every part of it (logged)."""
         step = self.train_step(batch)
         ranked = {suffix: objective(u, p, n, batch) for suffix, (u, p, n) in step.rankings.items()}
-        return {**{f"{objective.name}{s}": v for s, v in ranked.items()}, **step.terms, "loss": step.total(ranked)}
+        terms = step.terms()
+        return {**{f"{objective.name}{s}": v for s, v in ranked.items()}, **terms, "loss": step.total(ranked, terms)}
 
     @abc.abstractmethod
     def scorer(self) -> Scorer:
@@ -147,11 +151,13 @@ class ContentSideRecommender(Recommender):
         z = content + side
         users, pos, neg = batch["user"], batch["pos"] + self.n_users, batch["neg"] + self.n_users
         u, p, n = z[users], z[pos], z[neg]
-        reg = 0.5 * (u.square().sum() + p.square().sum() + n.square().sum()) / len(users)
         contrast = self.view_contrast()
-        cl = contrast(side[pos], content[pos], side[users], content[users])
-        return TrainingStep({"": (u, p, n)}, {"reg": reg, "cl": cl},
-                            lambda r: r[""] + self.reg_weight * reg + contrast.weight * cl)
+
+        def terms() -> dict[str, Tensor]:
+            reg = 0.5 * (u.square().sum() + p.square().sum() + n.square().sum()) / len(users)
+            return {"reg": reg, "cl": contrast(side[pos], content[pos], side[users], content[users])}
+        return TrainingStep({"": (u, p, n)}, terms,
+                            lambda r, t: r[""] + self.reg_weight * t["reg"] + contrast.weight * t["cl"])
 
     @torch.no_grad()
     def scorer(self) -> Scorer:

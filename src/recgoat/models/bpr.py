@@ -29,8 +29,8 @@ class BPRMF(Recommender):
         u = self.user_emb(batch["user"])   # [B, d]
         p = self.item_emb(batch["pos"])    # [B, d]
         n = self.item_emb(batch["neg"])    # [B, d] or [B, N, d]
-        reg = embedding_norm_penalty(u, p, n)
-        return TrainingStep({"": (u, p, n)}, {"reg": reg}, lambda r: r[""] + self.reg_weight * reg)
+        return TrainingStep({"": (u, p, n)}, lambda: {"reg": embedding_norm_penalty(u, p, n)},
+                            lambda r, t: r[""] + self.reg_weight * t["reg"])
 
     def scorer(self) -> Scorer:
         return EmbeddingScorer(self.user_emb.weight, self.item_emb.weight)

@@ -92,12 +92,12 @@ class FREEDOM(Recommender):
             z = self.projections[m](self.features[m])
             rankings[f"_{m}"] = (u, z[pos], z[neg])
 
-        def total(ranked: dict[str, Tensor]) -> Tensor:
+        def total(ranked: dict[str, Tensor], terms: dict[str, Tensor]) -> Tensor:
             modal = 0.0
             for m in self.modalities:
                 modal = modal + ranked[f"_{m}"]
             return ranked[""] + self.modality_bpr_weight * modal
-        return TrainingStep(rankings, {}, total)
+        return TrainingStep(rankings, dict, total)
 
     @torch.no_grad()
     def scorer(self) -> Scorer:

@@ -125,10 +125,11 @@ class LGMRec(Recommender):
         z, hyper = self.representations()
         users, pos, neg = batch["user"], batch["pos"], batch["neg"]
         u, p, n = z[users], z[pos + self.n_users], z[neg + self.n_users]
-        reg = embedding_norm_penalty(u, p, n)
-        hcl = self.hypergraph_contrast(hyper, users, pos)
-        return TrainingStep({"": (u, p, n)}, {"reg": reg, "hcl": hcl},
-                            lambda r: r[""] + self.cl_weight * hcl + self.reg_weight * reg)
+        def terms() -> dict[str, Tensor]:
+            reg = embedding_norm_penalty(u, p, n)
+            return {"reg": reg, "hcl": self.hypergraph_contrast(hyper, users, pos)}
+        return TrainingStep({"": (u, p, n)}, terms,
+                            lambda r, t: r[""] + self.cl_weight * t["hcl"] + self.reg_weight * t["reg"])
 
     @torch.no_grad()
     def scorer(self) -> Scorer:

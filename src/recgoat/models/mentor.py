@@ -156,28 +156,31 @@ class MENTOR(Recommender):
         z = self._weighted(reps)
         users, pos, neg = batch["user"], batch["pos"] + self.n_users, batch["neg"] + self.n_users
         u = z[users]
-        reg = sum(self.branches[m].preference[users].square().mean() for m in self.modalities) \
-            + self.user_weights.square().mean()
+        rankings = {"": (u, z[pos], z[neg])}
 
-        guide = self._repeated(self.guide(self.item_id, self.adj.matrix(z.device), self.n_ui_layers, 0.0))
-        tables = [z, guide, *(self._repeated(r) for r in reps)]
-        align = sum(gaussian_gap(a, b) for a, b in itertools.combinations(tables, 2))
+        def terms() -> dict[str, Tensor]:
+            reg = sum(self.branches[m].preference[users].square().mean() for m in self.modalities) \
+                + self.user_weights.square().mean()
 
-        n1, n2 = (self._weighted(self._branches(b, self.noise)) for b in self.noisy)
-        perturbation = info_nce(n1[: self.n_users], n2[: self.n_users], self.tau) \
-            + info_nce(n1[self.n_users:], n2[self.n_users:], self.tau)
+            guide = self._repeated(self.guide(self.item_id, self.adj.matrix(z.device), self.n_ui_layers, 0.0))
+            tables = [z, guide, *(self._repeated(r) for r in reps)]
+            align = sum(gaussian_gap(a, b) for a, b in itertools.combinations(tables, 2))
 
-        with torch.no_grad():
-            kept, masked = z.detach(), self.masking(z.detach())
-            kept = F.dropout(kept, self.dropout, training=self.training)
-            masking = (1 - F.cosine_similarity(kept[: self.n_users], masked[: self.n_users]).mean()) \
-                + (1 - F.cosine_similarity(kept[self.n_users:], masked[self.n_users:]).mean())
+            n1, n2 = (self._weighted(self._branches(b, self.noise)) for b in self.noisy)
+            perturbation = info_nce(n1[: self.n_users], n2[: self.n_users], self.tau) \
+                + info_nce(n1[self.n_users:], n2[self.n_users:], self.tau)
 
-        def total(ranked: dict[str, Tensor]) -> Tensor:   # the authors' BPR is in bits: / log 2
-            return ranked[""] / math.log(2) + self.reg_weight * reg + self.align_weight * align \
-                + self.mask_weight_g * perturbation + self.mask_weight_f * masking
-        return TrainingStep({"": (u, z[pos], z[neg])}, {"reg": reg, "align": align, "perturbation": perturbation,
-                                                        "masking": masking}, total)
+            with torch.no_grad():
+                kept, masked = z.detach(), self.masking(z.detach())
+                kept = F.dropout(kept, self.dropout, training=self.training)
+                masking = (1 - F.cosine_similarity(kept[: self.n_users], masked[: self.n_users]).mean()) \
+                    + (1 - F.cosine_similarity(kept[self.n_users:], masked[self.n_users:]).mean())
+            return {"reg": reg, "align": align, "perturbation": perturbation, "masking": masking}
+
+        def total(ranked: dict[str, Tensor], t: dict[str, Tensor]) -> Tensor:   # the authors' BPR is in bits: / log 2
+            return ranked[""] / math.log(2) + self.reg_weight * t["reg"] + self.align_weight * t["align"] \
+                + self.mask_weight_g * t["perturbation"] + self.mask_weight_f * t["masking"]
+        return TrainingStep(rankings, terms, total)
 
     @torch.no_grad()
     def scorer(self) -> Scorer:

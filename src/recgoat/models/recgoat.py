@@ -136,15 +136,18 @@ class RecGOAT(Recommender):
     def train_step(self, batch: dict[str, Tensor]) -> TrainingStep:
         reps = self.representations()
         users, items = reps["user"], reps["item"]
-        terms = list(self.loss_terms(batch, reps))
+        weighted: list[tuple[str, float, Tensor]] = []
 
-        def total(ranked: dict[str, Tensor]) -> Tensor:
+        def terms() -> dict[str, Tensor]:
+            weighted.extend(self.loss_terms(batch, reps))
+            return {name: value for name, _, value in weighted}
+
+        def total(ranked: dict[str, Tensor], _: dict[str, Tensor]) -> Tensor:
             loss = ranked[""]
-            for _, weight, value in terms:
+            for _, weight, value in weighted:
                 loss = loss + weight * value
             return loss
-        return TrainingStep({"": (users[batch["user"]], items[batch["pos"]], items[batch["neg"]])},
-                            {name: value for name, _, value in terms}, total)
+        return TrainingStep({"": (users[batch["user"]], items[batch["pos"]], items[batch["neg"]])}, terms, total)
 
     def logged_values(self) -> dict[str, Tensor]:
         return {name: value for part in self.parts() for name, value in part.logged_values().items()}

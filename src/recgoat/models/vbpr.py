@@ -50,8 +50,8 @@ class VBPR(Recommender):
     def train_step(self, batch: dict[str, Tensor]) -> TrainingStep:
         users, items = self()
         u, p, n = users[batch["user"]], items[batch["pos"]], items[batch["neg"]]
-        reg = embedding_norm_penalty(u, p, n)
-        return TrainingStep({"": (u, p, n)}, {"reg": reg}, lambda r: r[""] + self.reg_weight * reg)
+        return TrainingStep({"": (u, p, n)}, lambda: {"reg": embedding_norm_penalty(u, p, n)},
+                            lambda r, t: r[""] + self.reg_weight * t["reg"])
 
     @torch.no_grad()
     def scorer(self) -> Scorer:
