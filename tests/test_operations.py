@@ -265,3 +265,18 @@ def test_a_resume_from_another_directory_is_told_where_the_data_is_now(tmp_path,
     overrides = [f"resume={run_dir}", "trainer.max_epochs=3", f"+dataset.path={data / 'events.csv'}"]
     results = train(compose_cfg(overrides, run_dir), output_dir=run_dir)
     assert results["timings"]["epochs"] == 3                     # continued from its checkpoint
+
+
+def test_a_checkpoint_that_cannot_be_written_names_the_real_cause(tmp_path, monkeypatch):
+    import pytorch_lightning as pl
+
+    def save_checkpoint(self, filepath, weights_only=False):   # what a read-only folder gives through fsspec
+        try:
+            raise PermissionError(13, "Permission denied", str(filepath))
+        except PermissionError:
+            raise FileNotFoundError(2, "No such file or directory", str(filepath)) from None
+    monkeypatch.setattr(pl.Trainer, "save_checkpoint", save_checkpoint)
+    with pytest.raises(RunFolderError, match=r"best-epoch0000.ckpt: the checkpoint could not be written \("
+                                             r"PermissionError: Permission denied at .*best-epoch0000.ckpt.tmp\); the "
+                                             r"run folder must stay writable .*resume=.*run$"):
+        run_in_process(["model=lightgcn", *TINY_DATA, *QUIET, "trainer.max_epochs=2"], tmp_path / "run")

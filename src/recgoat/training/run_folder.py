@@ -413,7 +413,10 @@ class ModelCheckpoint(_LightningModelCheckpoint):
             logger.save()
         if self._pending_last is not None:
             if trainer.is_global_zero:
-                os.replace(*self._pending_last)
+                try:
+                    os.replace(*self._pending_last)
+                except OSError as e:
+                    raise unwritable(self._pending_last[1], e) from e
             self._pending_last = None
 
     # Lightning saves either at the end of validation or at the end of the training epoch (its choice, see
@@ -441,11 +444,14 @@ class ModelCheckpoint(_LightningModelCheckpoint):
         for logger in trainer.loggers:
             logger.save()
         tmp = f"{filepath}.tmp"
-        trainer.save_checkpoint(tmp, self.save_weights_only)
-        if filepath == self.last_model_path:
-            self._pending_last = (tmp, filepath)
-        elif trainer.is_global_zero:
-            os.replace(tmp, filepath)
+        try:
+            trainer.save_checkpoint(tmp, self.save_weights_only)
+            if filepath == self.last_model_path:
+                self._pending_last = (tmp, filepath)
+            elif trainer.is_global_zero:
+                os.replace(tmp, filepath)
+        except OSError as e:
+            raise unwritable(filepath, e) from e
         trainer.strategy.barrier("recgoat_checkpoint_renamed")
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
@@ -465,6 +471,22 @@ class ModelCheckpoint(_LightningModelCheckpoint):
                                                                    "last_model_path")},
                           "best_k_models": {moved(k): v for k, v in state_dict.get("best_k_models", {}).items()}}
         super().load_state_dict(state_dict)
+
+
+def unwritable(path: str, error: OSError) -> RunFolderError:
+    """A checkpoint that could not be written, with the first cause in the chain (a file system's transaction that
+    fails to clean up raises ``FileNotFoundError`` over the ``PermissionError`` that stopped the write)."""
+    cause, seen = error, error
+    while seen is not None:
+        if isinstance(seen, OSError) and not isinstance(seen, FileNotFoundError):
+            cause = seen
+            break
+        seen = seen.__context__ or seen.__cause__
+    where = getattr(cause, "filename", None) or path
+    return RunFolderError(f"{path}: the checkpoint could not be written ({type(cause).__name__}: "
+                          f"{cause.strerror or cause} at {where}); the run folder must stay writable while the run "
+                          f"goes on (free space, permissions), then resume it: python -m recgoat.run "
+                          f"resume={Path(path).parent.parent}")
 
 
 class _AppendingWriter(ExperimentWriter):
