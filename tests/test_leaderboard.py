@@ -52,9 +52,9 @@ def test_search_never_scores_test_and_the_table_equals_the_runs(tmp_path, monkey
 
     monkeypatch.setattr(RecModule, "_eval_step", recording)
     out = tmp_path / "lb"
-    payload = board(out, "models=[lightgcn,recgoat]", "trials=3", "seeds=2", TINY_RUN, "budget.max_epochs=4")
+    payload = board(out, "models=[lightgcn,mgcn]", "trials=3", "seeds=2", TINY_RUN, "budget.max_epochs=4")
 
-    for model in ("lightgcn", "recgoat"):
+    for model in ("lightgcn", "mgcn"):
         trials = trials_of(out, model)
         assert [t.state.name for t in trials] == ["COMPLETE"] * 3
         search_end = max(t.datetime_complete.timestamp() for t in trials)
@@ -93,16 +93,16 @@ def test_search_never_scores_test_and_the_table_equals_the_runs(tmp_path, monkey
         assert row["valid"]["recall@20"] == pytest.approx([statistics.fmean(valid), statistics.stdev(valid)])
         assert row["status"] == "done" and row["trials"] == 3 and row["cpu_s"] > 0
     assert (out / "leaderboard.png").stat().st_size > 0
-    assert (out / "spaces" / "recgoat.yaml").read_text() == load_space(compose(
-        [], config_name="leaderboard").space_dir, "recgoat").text
+    assert (out / "spaces" / "mgcn.yaml").read_text() == load_space(compose(
+        [], config_name="leaderboard").space_dir, "mgcn").text
 
     # the same command again reuses everything: no run, no evaluation
     evaluated.clear()
-    again = board(out, "models=[lightgcn,recgoat]", "trials=3", "seeds=2", TINY_RUN, "budget.max_epochs=4")
+    again = board(out, "models=[lightgcn,mgcn]", "trials=3", "seeds=2", TINY_RUN, "budget.max_epochs=4")
     assert evaluated == [] and again["rows"] == payload["rows"]
 
 
-KILLED_BOARD = ("models=[lightgcn]", "trials=3", "seeds=1", TINY_RUN, "budget.max_epochs=12", "budget.patience=1000")
+KILLED_BOARD = ("models=[lightgcn]", "trials=3", "seeds=1", TINY_RUN, "budget.max_epochs=6", "budget.patience=1000")
 
 
 def _cli(out: Path) -> list[str]:
