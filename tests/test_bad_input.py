@@ -51,6 +51,10 @@ def test_a_checkpoint_of_another_model_or_other_data_given_as_ckpt_path_is_named
     with pytest.raises(CheckpointError, match=r"its weights are a recgoat.models.LightGCN's.*\(item_emb is \[100, 64\] "
                                               r"there, \[100, 32\] here\)"):
         run_in_process(["model=lightgcn", "model.embedding_dim=32", *RUN, f"ckpt_path={ckpt}"], tmp_path / "dim")
+    recgoat = run_in_process(["model=recgoat", *RUN], tmp_path / "recgoat")["best_checkpoint"]   # extra state too
+    with pytest.raises(CheckpointError, match=r"its weights are a recgoat.models.RecGOAT's, which do not fit this "
+                                              r"run's LightGCN \(missing \[\], unexpected \['alignment"):
+        run_in_process(["model=lightgcn", *RUN, f"ckpt_path={recgoat}"], tmp_path / "from_recgoat")
     with pytest.raises(CheckpointError, match=rf"ckpt_path={ckpt}: .*but the data loaded now is 'synthetic' \(150 "
                                               rf"users.*start from a checkpoint of this data"):
         run_in_process(["model=lightgcn", *RUN, "dataset.seed=5", f"ckpt_path={ckpt}"], tmp_path / "data")

@@ -59,8 +59,10 @@ def check_start(ckpt_path, ckpt: dict, dataset: RecDataset, model: torch.nn.Modu
     mismatch = data_mismatch(ckpt_path, meta["dataset"], dataset)
     if mismatch:
         raise CheckpointError(f"ckpt_path={ckpt_path}: {mismatch}; start from a checkpoint of this data")
-    theirs = {k[len("model."):]: tuple(v.shape) for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    def shapes(state: dict) -> dict:   # extra state (the OT map's warm potentials) is a list: its presence counts
+        return {k: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__ for k, v in state.items()}
+    theirs = shapes({k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
+    ours = shapes(model.state_dict())
     differ = sorted(k for k in theirs.keys() & ours.keys() if theirs[k] != ours[k])
     if theirs.keys() != ours.keys() or differ:
         trained = (meta.get("config") or {}).get("model", {}).get("_target_", "?")
