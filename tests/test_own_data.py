@@ -204,16 +204,24 @@ def test_the_readmes_own_data_walkthrough_runs_as_written(tmp_path):
         assert not set(r["items"]) & train_items
 
 
-def test_features_built_for_other_item_ids_are_refused_with_both_hashes(tmp_path):
-    from recgoat.data.features import ids_digest
+def features_of_a_small_shop(tmp_path, name: str, rows_of, order):
+    """A 12-user shop's interactions, and a feature file ``name`` of random rows (``rows_of(dataset)`` of them)
+    whose sidecar records ``order(dataset)`` as its row order; returns (interactions, pairs, dataset, folder, x)."""
     from recgoat.features.provenance import write_features
     rows = [(f"u{u}", f"p{i}") for u in range(12) for i in range(u % 4, u % 4 + 6)]
     path = write(tmp_path / "shop.csv", "user_id,item_id", rows)
     d = csv_load(path)
     feats = tmp_path / "features"
-    x = np.random.default_rng(0).normal(size=(d.n_items, 4)).astype(np.float32)
-    write_features(feats / "text_feat.npy", x, {"name": "test"}, "inputs",
-                   row_order={"item_ids_sha256": ids_digest(d.item_ids), "n_rows": d.n_items})
+    x = np.random.default_rng(0).normal(size=(rows_of(d), 4)).astype(np.float32)
+    write_features(feats / name, x, {"name": "test"}, "inputs", row_order=order(d))
+    return path, rows, d, feats, x
+
+
+def test_features_built_for_other_item_ids_are_refused_with_both_hashes(tmp_path):
+    from recgoat.data.features import ids_digest
+    path, rows, d, feats, x = features_of_a_small_shop(
+        tmp_path, "text_feat.npy", lambda d: d.n_items,
+        lambda d: {"item_ids_sha256": ids_digest(d.item_ids), "n_rows": d.n_items})
     np.testing.assert_array_equal(csv_load(path, feature_dir=feats).item_features["text"], x)  # the same ids: read
     renamed = write(tmp_path / "renamed.csv", "user_id,item_id",   # one item renamed: the same count, other ids
                     [(u, "p99" if i == "p0" else i) for u, i in rows])
@@ -226,14 +234,9 @@ def test_features_built_for_other_item_ids_are_refused_with_both_hashes(tmp_path
 
 def test_user_profiles_of_another_split_are_refused_naming_both(tmp_path):
     from recgoat.data.features import ids_digest, train_digest
-    from recgoat.features.provenance import write_features
-    rows = [(f"u{u}", f"p{i}") for u in range(12) for i in range(u % 4, u % 4 + 6)]
-    path = write(tmp_path / "shop.csv", "user_id,item_id", rows)
-    d = csv_load(path)
-    feats = tmp_path / "features"
-    x = np.random.default_rng(0).normal(size=(d.n_users, 4)).astype(np.float32)
-    write_features(feats / "user_pref_feat.npy", x, {"name": "test"}, "inputs",
-                   row_order={"user_ids_sha256": ids_digest(d.user_ids), "train_sha256": train_digest(d)})
+    path, _, d, feats, x = features_of_a_small_shop(
+        tmp_path, "user_pref_feat.npy", lambda d: d.n_users,
+        lambda d: {"user_ids_sha256": ids_digest(d.user_ids), "train_sha256": train_digest(d)})
     np.testing.assert_array_equal(csv_load(path, feature_dir=feats).user_features, x)   # its own split: read
     other = csv_load(path, split_seed=1)
     assert train_digest(other) != train_digest(d)
