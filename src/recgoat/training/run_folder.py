@@ -292,10 +292,6 @@ def claim(path: Path, cfg: DictConfig, model_name: str | None) -> Iterator[RunFo
     path = Path(path)
     folder = None
     try:
-        if cfg.get("resume") is not None and not (Path(cfg.resume) / ".hydra" / "config.yaml").is_file():
-            raise RunFolderError(f"resume={cfg.resume}: {Path(cfg.resume).resolve() / '.hydra' / 'config.yaml'} not "
-                                 f"found; resume= takes the folder a run wrote (logs/train/runs/<time>, or the "
-                                 f"hydra.run.dir it was given)")
         path.mkdir(parents=True, exist_ok=True)   # Hydra made it already; a run started from Python may not have
         with contextlib.ExitStack() as stack:
             if follower_rank():
