@@ -37,10 +37,11 @@ class NegativeSampler:
         if len(full):
             raise DataError(f"user index {full[0]} has every item in training: no negative item can be sampled")
         self.keys = torch.from_numpy(np.sort(users * self.n_items + items))   # sorted int64
-        self.probs = None
+        self.probs = self.log_probs = None
         if distribution == "popularity":
             counts = np.bincount(items, minlength=self.n_items).astype(np.float64) ** float(power)
             self.probs = torch.from_numpy(counts / counts.sum())
+            self.log_probs = self.probs.log().float()   # once, not per batch
 
     def is_positive(self, users: Tensor, items: Tensor) -> Tensor:
         q = users * self.n_items + items
@@ -66,7 +67,7 @@ class NegativeSampler:
 
     def log_q(self, neg: Tensor) -> Tensor | None:
         """The log-probability each negative was drawn with (``None``: uniform, a constant left out)."""
-        return None if self.probs is None else self.probs.log().float()[neg]
+        return None if self.log_probs is None else self.log_probs[neg]
 
 
 class BPRBatches:
